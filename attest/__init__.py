@@ -1,0 +1,1 @@
+"""IMA measurement list, TPM quotes and per-sandbox integrity verdicts."""

@@ -1,0 +1,1 @@
+"""eBPF programs (bcc) and their loader: the only code that touches bcc."""

@@ -1,0 +1,3 @@
+from hostwarden.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Generated gRPC code for hostwarden.v1 (see proto/generate.py)."""
