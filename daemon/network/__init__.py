@@ -1,0 +1,1 @@
+"""Per-sandbox network accounting and egress limits (pyroute2)."""

@@ -1,0 +1,1 @@
+"""Policy: TOML schema, intent resolution, and the enforcement ladder (decisions as data)."""
