@@ -141,16 +141,18 @@ class GrantedLimit(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., enforced: _Optional[bool] = ...) -> None: ...
 
 class BeginToolCallRequest(_message.Message):
-    __slots__ = ("sandbox", "tool", "intent", "command")
+    __slots__ = ("sandbox", "tool", "intent", "command", "pid")
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
     sandbox: str
     tool: str
     intent: Intent
     command: str
-    def __init__(self, sandbox: _Optional[str] = ..., tool: _Optional[str] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., command: _Optional[str] = ...) -> None: ...
+    pid: int
+    def __init__(self, sandbox: _Optional[str] = ..., tool: _Optional[str] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., command: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class BeginToolCallResponse(_message.Message):
     __slots__ = ("call_id", "cgroup_path", "limits", "deadline")
