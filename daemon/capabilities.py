@@ -70,7 +70,7 @@ def find_cgroup2_mount(mountinfo: str) -> Path | None:
 def _v1_controller_mounts(mountinfo: str) -> set[str]:
     held: set[str] = set()
     for line in mountinfo.splitlines():
-        pre, sep, post = line.partition(" - ")
+        _, sep, post = line.partition(" - ")
         parts = post.split(" ")
         if sep and parts[0] == "cgroup" and len(parts) >= 3:
             held.update(opt for opt in parts[2].split(",") if opt not in ("rw", "ro"))

@@ -1,0 +1,179 @@
+"""The running daemon: builds every part from the config, wires the data flow, serves, and shuts down.
+
+API -> policy -> cgroups; kernel -> cgroup watcher / bpf -> monitor -> policy actions -> events, ledger,
+metrics. This module only connects parts; each part's logic lives in its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hostwarden import __version__, capabilities
+from hostwarden.cgroups.notify import CgroupWatcher
+from hostwarden.cgroups.root import discover_root
+from hostwarden.cgroups.tree import CgroupTree
+from hostwarden.cgroups.usage import read_usage
+from hostwarden.config import Config
+from hostwarden.errors import NotFound
+from hostwarden.events import EventBus
+from hostwarden.ledger import Ledger
+from hostwarden.metrics import Metrics
+from hostwarden.policy_runtime import PolicyRuntime
+from hostwarden.proto import warden_pb2 as pb
+from hostwarden.sdnotify import Notifier
+from hostwarden.server import GrpcServer
+from hostwarden.service import Principal, Warden
+from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
+
+REAPER_INTERVAL_S = 60.0
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.capabilities = capabilities.probe()
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        mount = capabilities.find_cgroup2_mount(mountinfo)
+        under_systemd = bool(os.environ.get("INVOCATION_ID")) and config.daemon.cgroup_root is None
+        self.root = discover_root(config.daemon.cgroup_root, under_systemd=under_systemd)
+        self.tree = CgroupTree(self.root)
+        self.ledger = Ledger(config.daemon.state_dir / "ledger.sqlite3")
+        self.bus = EventBus(config.daemon.event_queue_size)
+        self.policy = PolicyRuntime(config.daemon.policy, self.bus)
+        self.metrics = Metrics(self._metrics_snapshot)
+        assert mount is not None  # discover_root refused hosts without cgroup2
+        self.warden = Warden(self.tree, mount, self.ledger, self.bus, self.policy.resolve,
+                             on_call_finished=self.metrics.call_finished, on_action=self.metrics.action,
+                             grace_seconds=config.daemon.call_grace_seconds)
+        self.watcher = CgroupWatcher(on_emptied=self.warden.on_emptied)
+        self.warden.watch_emptied = lambda path: self.watcher.watch(path, attached=True)
+        self.warden.unwatch_emptied = self.watcher.unwatch
+        self.notifier = Notifier.from_environment()
+        self.server: GrpcServer | None = None
+        self.metrics_address = ""
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # facade used by the gRPC servicer
+
+    def usage(self, principal: Principal, sandbox_name: str) -> pb.Usage:
+        sandbox = self.warden._sandbox(principal, sandbox_name)
+        usage = read_usage(sandbox.path)
+        reply = pb.Usage(sandbox=sandbox.name, memory_current_bytes=usage.memory_current or 0,
+                         memory_source="memory.current" if usage.memory_current is not None else "unavailable",
+                         cpu_seconds=(usage.cpu_usage_usec or 0) / 1e6, pids=usage.pids_current or 0,
+                         energy_source="unavailable")
+        if usage.psi.get("memory") is not None:
+            reply.memory_pressure_some_avg10 = usage.psi["memory"].some.avg10
+        if usage.psi.get("cpu") is not None:
+            reply.cpu_pressure_some_avg10 = usage.psi["cpu"].some.avg10
+        now = time.monotonic()
+        for call in list(self.warden.calls.values()):
+            if call.sandbox != sandbox.name:
+                continue
+            call_usage = read_usage(call.path)
+            reply.calls.add(call_id=call.call_id, tool=call.tool, memory_current_bytes=call_usage.memory_current or 0,
+                            cpu_seconds=(call_usage.cpu_usage_usec or 0) / 1e6,
+                            elapsed_seconds=now - call.started_mono, frozen=self._frozen(call.path))
+        return reply
+
+    def _frozen(self, path: Path) -> bool:
+        try:
+            return self.tree.fs.read_keyed(path / "cgroup.events").get("frozen") == 1
+        except OSError:
+            return False
+
+    def policy_document(self) -> pb.PolicyDocument:
+        return self.policy.document()
+
+    def set_policy(self, text: str) -> pb.PolicyDocument:
+        return self.policy.set(text)
+
+    def validate_policy(self, text: str) -> pb.ValidatePolicyResponse:
+        return self.policy.validate(text)
+
+    def integrity(self, principal: Principal, sandbox: str) -> pb.IntegrityReport:
+        raise NotFound("attestation is not configured on this daemon")
+
+    def quote(self, nonce: str, offset: int) -> pb.Quote:
+        raise NotFound("attestation is not configured on this daemon")
+
+    def capability_messages(self) -> list[pb.Capability]:
+        return [pb.Capability(name=c.name, available=c.available, in_use=c.in_use, detail=c.detail)
+                for c in self.capabilities.values()]
+
+    def status_message(self) -> pb.Status:
+        return pb.Status(version=__version__, uptime_seconds=time.time() - self.started,
+                         sandboxes=len(self.warden.sandboxes), running_calls=len(self.warden.calls),
+                         cgroup_root=str(self.root), capabilities=self.capability_messages(),
+                         policy_source=self.policy.source, metrics_address=self.metrics_address)
+
+    def _metrics_snapshot(self) -> dict[str, Any]:
+        sandbox_usage: dict[str, dict[str, float | None]] = {}
+        for name, sandbox in list(self.warden.sandboxes.items()):
+            usage = read_usage(sandbox.path)
+            sandbox_usage[name] = {
+                "memory_bytes": usage.memory_current,
+                "cpu_seconds": usage.cpu_usage_usec / 1e6 if usage.cpu_usage_usec is not None else None,
+            }
+        return {"sandboxes": len(self.warden.sandboxes), "running_calls": len(self.warden.calls),
+                "sandbox_usage": sandbox_usage, "events_dropped": self.bus.dropped_total}
+
+    # running
+
+    def _start_metrics(self) -> None:
+        address = self.config.metrics.address
+        if not address:
+            return
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.metrics.registry)
+        self.metrics_address = f"{host}:{server.server_port}"
+        log.info("metrics on http://%s/metrics", self.metrics_address)
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.watcher.start()
+        self.warden.recover()
+        self.warden.start()
+        self._start_metrics()
+        self.server = GrpcServer(self, Path(self.config.daemon.socket), self.config.daemon.socket_group)
+        self.server.start()
+        self.bus.publish("daemon_started", f"hostwarden {__version__} serving on {self.config.daemon.socket}")
+        log.info("serving on %s (cgroup root %s)", self.config.daemon.socket, self.root)
+        self.notifier.ready(f"serving {len(self.warden.sandboxes)} sandboxes")
+        watchdog = self.notifier.watchdog_interval
+        tick = min(watchdog / 2, 1.0) if watchdog else 1.0
+        last_reap = time.monotonic()
+        while not self._stop.wait(tick):
+            self.notifier.watchdog()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.notifier.reloading()
+                self.policy.reload()
+                self.notifier.ready("reloaded")
+            if time.monotonic() - last_reap > REAPER_INTERVAL_S:
+                last_reap = time.monotonic()
+                self.tree.reap_empty_calls(keep=[c.path for c in list(self.warden.calls.values())])
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop serving; sandboxes and running calls keep running (they are adopted on the next start)."""
+        self.notifier.stopping()
+        if self.server is not None:
+            self.server.stop(grace=5)
+        self.bus.close_all()
+        self.warden.stop()
+        self.watcher.stop()
+        self.ledger.close()
+        log.info("stopped; %d calls left running for the next start", len(self.warden.calls))

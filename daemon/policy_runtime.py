@@ -1,0 +1,100 @@
+"""The policy in force: loaded from its file, replaced by SIGHUP or SetPolicy only after validation, and
+applied to tool calls (policy Grant -> cgroup Limits). An invalid policy never replaces a good one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from hostwarden.cgroups.limits import Limits
+from hostwarden.errors import InvalidArgument
+from hostwarden.events import EventBus
+from hostwarden.policy.resolve import Grant, Intent, resolve
+from hostwarden.policy.schema import Policy, PolicyError, Priority, SandboxInfo, default_policy, parse_policy
+from hostwarden.proto import warden_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def grant_limits(grant: Grant) -> Limits:
+    return Limits(memory_high=grant.memory_high, memory_max=grant.memory_max, memory_low=grant.memory_low or None,
+                  memory_oom_group=grant.memory_oom_group, cpu_weight=grant.cpu_weight,
+                  cpu_max_quota_us=grant.cpu_quota_us, cpu_max_period_us=grant.cpu_period_us,
+                  pids_max=grant.pids_max)
+
+
+class PolicyRuntime:
+    def __init__(self, path: Path, bus: EventBus) -> None:
+        self.path = path
+        self.bus = bus
+        self._lock = threading.Lock()
+        self.policy: Policy = default_policy()
+        self.text = ""
+        self.source = "built-in defaults"
+        if path.exists():
+            self.policy = self._parse(path.read_text(), str(path))  # a bad file at start-up is fatal
+            self.text, self.source = path.read_text(), str(path)
+
+    @staticmethod
+    def _parse(text: str, source: str) -> Policy:
+        return parse_policy(text, source)
+
+    def current(self) -> Policy:
+        with self._lock:
+            return self.policy
+
+    def resolve(self, sandbox: object, tool: str, intent: Intent, peaks: Sequence[int]) -> tuple[Limits, Grant]:
+        info = SandboxInfo(sandbox.name, sandbox.labels, Priority(sandbox.priority))  # type: ignore[attr-defined]
+        grant = resolve(self.current(), info, tool, intent, list(reversed(peaks)))
+        return grant_limits(grant), grant
+
+    def _replace(self, text: str, source: str) -> Policy:
+        try:
+            policy = self._parse(text, source)
+        except PolicyError as exc:
+            log.error("policy from %s rejected, the running policy stays:\n%s", source, exc)
+            self.bus.publish("policy_rejected", f"policy from {source} rejected ({len(exc.errors)} errors); the "
+                             "running policy stays", attributes={"source": source, "errors": str(exc)[:2000]})
+            raise
+        with self._lock:
+            self.policy, self.text, self.source = policy, text, source
+        self.bus.publish("policy_reloaded", f"policy loaded from {source}", attributes={"source": source})
+        log.info("policy loaded from %s", source)
+        return policy
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the file. False (and the old policy stays) when it is missing or invalid."""
+        try:
+            text = self.path.read_text()
+        except OSError as exc:
+            log.error("policy %s unreadable (%s); the running policy stays", self.path, exc.strerror)
+            self.bus.publish("policy_rejected", f"policy {self.path} unreadable: {exc.strerror}")
+            return False
+        try:
+            self._replace(text, str(self.path))
+        except PolicyError:
+            return False
+        return True
+
+    def set(self, text: str) -> pb.PolicyDocument:
+        try:
+            self._replace(text, "SetPolicy")
+        except PolicyError as exc:
+            raise InvalidArgument(f"policy rejected, the running policy stays: {exc}") from exc
+        return self.document()
+
+    def validate(self, text: str) -> pb.ValidatePolicyResponse:
+        try:
+            self._parse(text, "ValidatePolicy")
+        except PolicyError as exc:
+            return pb.ValidatePolicyResponse(valid=False, errors=[
+                pb.PolicyError(line=e.line, key=e.key, message=e.message) for e in exc.errors])
+        return pb.ValidatePolicyResponse(valid=True)
+
+    def document(self) -> pb.PolicyDocument:
+        with self._lock:
+            return pb.PolicyDocument(toml=self.text, effective_json=json.dumps(self.policy.to_effective_dict()),
+                                     source=self.source)
