@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import start_http_server
+
 from hostwarden import __version__, capabilities
 from hostwarden.cgroups.notify import CgroupWatcher
 from hostwarden.cgroups.root import discover_root
 from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.cgroups.usage import read_usage
 from hostwarden.config import Config
-from hostwarden.errors import NotFound
+from hostwarden.errors import Unavailable
 from hostwarden.events import EventBus
 from hostwarden.ledger import Ledger
 from hostwarden.metrics import Metrics
@@ -29,7 +31,6 @@ from hostwarden.proto import warden_pb2 as pb
 from hostwarden.sdnotify import Notifier
 from hostwarden.server import GrpcServer
 from hostwarden.service import Principal, Warden
-from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +38,23 @@ REAPER_INTERVAL_S = 60.0
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, tree: CgroupTree | None = None, cgroup_mount: Path | None = None) -> None:
+        """`tree` and `cgroup_mount` replace root discovery (tests run the daemon on a fake cgroupfs)."""
         self.config = config
         self.started = time.time()
         self.capabilities = capabilities.probe()
-        mountinfo = Path("/proc/self/mountinfo").read_text()
-        mount = capabilities.find_cgroup2_mount(mountinfo)
-        under_systemd = bool(os.environ.get("INVOCATION_ID")) and config.daemon.cgroup_root is None
-        self.root = discover_root(config.daemon.cgroup_root, under_systemd=under_systemd)
-        self.tree = CgroupTree(self.root)
+        if tree is None:
+            under_systemd = bool(os.environ.get("INVOCATION_ID")) and config.daemon.cgroup_root is None
+            tree = CgroupTree(discover_root(config.daemon.cgroup_root, under_systemd=under_systemd))
+            cgroup_mount = capabilities.find_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+        assert cgroup_mount is not None  # discover_root refused hosts without cgroup2
+        self.tree = tree
+        self.root = tree.root
         self.ledger = Ledger(config.daemon.state_dir / "ledger.sqlite3")
         self.bus = EventBus(config.daemon.event_queue_size)
         self.policy = PolicyRuntime(config.daemon.policy, self.bus)
         self.metrics = Metrics(self._metrics_snapshot)
-        assert mount is not None  # discover_root refused hosts without cgroup2
-        self.warden = Warden(self.tree, mount, self.ledger, self.bus, self.policy.resolve,
+        self.warden = Warden(self.tree, cgroup_mount, self.ledger, self.bus, self.policy.resolve,
                              on_call_finished=self.metrics.call_finished, on_action=self.metrics.action,
                              grace_seconds=config.daemon.call_grace_seconds)
         self.watcher = CgroupWatcher(on_emptied=self.warden.on_emptied)
@@ -102,10 +105,12 @@ class Daemon:
         return self.policy.validate(text)
 
     def integrity(self, principal: Principal, sandbox: str) -> pb.IntegrityReport:
-        raise NotFound("attestation is not configured on this daemon")
+        if sandbox:
+            self.warden._sandbox(principal, sandbox)
+        raise Unavailable("attestation is not configured on this daemon")
 
     def quote(self, nonce: str, offset: int) -> pb.Quote:
-        raise NotFound("attestation is not configured on this daemon")
+        raise Unavailable("attestation is not configured on this daemon")
 
     def capability_messages(self) -> list[pb.Capability]:
         return [pb.Capability(name=c.name, available=c.available, in_use=c.in_use, detail=c.detail)
@@ -139,10 +144,8 @@ class Daemon:
         self.metrics_address = f"{host}:{server.server_port}"
         log.info("metrics on http://%s/metrics", self.metrics_address)
 
-    def serve(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+    def start(self) -> None:
+        """Adopt what the cgroup tree and ledger hold, then serve the API and metrics."""
         self.watcher.start()
         self.warden.recover()
         self.warden.start()
@@ -151,6 +154,13 @@ class Daemon:
         self.server.start()
         self.bus.publish("daemon_started", f"hostwarden {__version__} serving on {self.config.daemon.socket}")
         log.info("serving on %s (cgroup root %s)", self.config.daemon.socket, self.root)
+
+    def serve(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.start()
         self.notifier.ready(f"serving {len(self.warden.sandboxes)} sandboxes")
         watchdog = self.notifier.watchdog_interval
         tick = min(watchdog / 2, 1.0) if watchdog else 1.0

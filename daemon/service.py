@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hostwarden.cgroups.errors import InvalidName
+from hostwarden.cgroups.errors import CgroupError, InvalidName
 from hostwarden.cgroups.limits import Limits
 from hostwarden.cgroups.names import validate_name
 from hostwarden.cgroups.tree import CgroupTree
@@ -484,7 +484,7 @@ class Warden:
                 log.exception("observer %r failed on call %s", observer, call.call_id)
         try:
             self.tree.remove(call.path)
-        except OSError as exc:
+        except CgroupError as exc:
             log.warning("call %s: cgroup %s not removed yet (%s); the reaper will retry", call.call_id,
                         call.path, exc)
         with self._lock:
