@@ -47,8 +47,7 @@ class NetnsRef:
             raise NetBindingError(f"{self.label} is gone ({self.path}: {error.strerror})") from error
         if (status.st_dev, status.st_ino) != (self.device, self.inode):
             raise NetBindingError(
-                f"{self.label} now refers to a different namespace than the one bound "
-                f"({self.path}); rebind the sandbox"
+                f"{self.label} now refers to a different namespace than the one bound ({self.path}); rebind the sandbox"
             )
 
 
@@ -90,8 +89,9 @@ def _identity(path: Path, label: str, what_to_do: str) -> NetnsRef:
 
 
 def host_netns(proc: Path = PROC) -> NetnsRef:
-    """The host's network namespace: the one pid 1 lives in."""
-    return _identity(proc / "1" / "ns" / "net", "the host network namespace", "is /proc mounted?")
+    """The host's network namespace, taken as the daemon's own: the daemon must run in it to see the
+    sandboxes' host-side links (pid 1's is not used: it may be unreadable under a supervisor)."""
+    return _identity(proc / "self" / "ns" / "net", "the daemon's network namespace", "is /proc mounted?")
 
 
 def validate_interface_name(name: str) -> str:
@@ -102,8 +102,7 @@ def validate_interface_name(name: str) -> str:
         or any(char in "/:" or char.isspace() or not char.isprintable() for char in name)
     ):
         raise NetBindingError(
-            f"{name!r} is not an interface name: 1-{_IFNAME_MAX} printable characters, "
-            "no '/', ':' or whitespace"
+            f"{name!r} is not an interface name: 1-{_IFNAME_MAX} printable characters, no '/', ':' or whitespace"
         )
     return name
 
@@ -155,9 +154,7 @@ def bind_namespace(
     return _namespace_binding(ref, proc)
 
 
-def bind_interface(
-    interface: str | int, resolve_link: LinkResolver, *, netns: NetnsRef | None = None
-) -> NetBinding:
+def bind_interface(interface: str | int, resolve_link: LinkResolver, *, netns: NetnsRef | None = None) -> NetBinding:
     """Bind to the host side of a sandbox's link, by name or ifindex, in `netns` (None: the daemon's own)."""
     if isinstance(interface, bool) or not isinstance(interface, int | str):
         raise NetBindingError(f"{interface!r} is not an interface: give a name or an ifindex")
@@ -251,6 +248,4 @@ def parse_binding(
         link, _, netns_name = value.partition("@")
         netns = netns_by_name(netns_name, run_dir) if netns_name else None
         return bind_interface(int(link) if link.isdigit() else link, resolve_link, netns=netns)
-    raise NetBindingError(
-        f"unknown binding kind {kind!r} in {spec!r}: use netns, netns-path, pid, interface or host"
-    )
+    raise NetBindingError(f"unknown binding kind {kind!r} in {spec!r}: use netns, netns-path, pid, interface or host")

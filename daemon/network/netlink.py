@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from hostwarden.network.binding import BindingKind, NetBinding, NetBindingError, NetnsRef
-from hostwarden.network.limits import EgressLimit, ShapingError
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from hostwarden.network.binding import BindingKind, NetBinding, NetBindingError, NetnsRef
+from hostwarden.network.limits import EgressLimit, ShapingError
 
 # Our qdiscs carry this handle ("4857:", 'HW') so removal never deletes an operator's qdisc.
 SHAPER_HANDLE = 0x4857_0000

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from hostwarden.network.binding import (
     BindingKind,
     NetBindingError,
@@ -25,7 +26,7 @@ class Tree:
         self.run = root / "netns"
         self.run.mkdir()
         self.host = self._file(root / "nsfs" / "host")
-        self.process(1, self.host)
+        self.process("self", self.host)  # the daemon runs in the host's namespace
 
     @staticmethod
     def _file(path: Path) -> Path:
@@ -36,7 +37,7 @@ class Tree:
     def namespace(self, label: str) -> Path:
         return self._file(self.proc.parent / "nsfs" / label)
 
-    def process(self, pid: int, namespace: Path) -> None:
+    def process(self, pid: int | str, namespace: Path) -> None:
         link = self.proc / str(pid) / "ns" / "net"
         link.parent.mkdir(parents=True, exist_ok=True)
         os.link(namespace, link)  # a hard link: same identity, like /proc/<pid>/ns/net

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hostwarden.network.binding import BindingKind, NetBinding
 from hostwarden.network.limits import (
     DEFAULT_LATENCY_US,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hostwarden.network.units import parse_duration_us, parse_rate_bits, parse_size_bytes
 
 
