@@ -29,6 +29,16 @@ _EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie,
 _libc = ctypes.CDLL(None, use_errno=True)
 
 PSI_WINDOW_RANGE_US = (500_000, 10_000_000)  # kernel/sched/psi.c
+# Triggers from a process without CAP_SYS_RESOURCE must use windows in whole multiples of 2 s (6.5+).
+UNPRIVILEGED_WINDOW_STEP_US = 2_000_000
+_CAP_SYS_RESOURCE = 24
+
+
+def has_cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    return False
 
 
 def _check(result: int, what: str) -> int:
@@ -61,8 +71,11 @@ class PsiTrigger:
             os.write(self._fd, f"{kind} {stall_us} {window_us}\0".encode())
         except OSError as error:
             os.close(self._fd)
-            raise CgroupIOError("registering PSI trigger in", self.pressure_file, error,
-                                "the kernel needs CONFIG_PSI and psi=1") from error
+            hint = "the kernel needs CONFIG_PSI and psi=1"
+            if window_us % UNPRIVILEGED_WINDOW_STEP_US and not has_cap_sys_resource():
+                hint = (f"without CAP_SYS_RESOURCE the kernel takes only windows that are multiples of "
+                        f"{UNPRIVILEGED_WINDOW_STEP_US} us: grant the capability or use such a window")
+            raise CgroupIOError("registering PSI trigger in", self.pressure_file, error, hint) from error
 
     def fileno(self) -> int:
         return self._fd
