@@ -1,1 +1,40 @@
-"""eBPF programs (bcc) and their loader: the only code that touches bcc."""
+"""eBPF programs (bcc) and their loader: the only code that touches bcc.
+
+Importing this package does not import bcc (that takes seconds); BpfMonitor.start() does.
+"""
+
+from hostwarden.bpf.events import (
+    BpfEvent,
+    ExecDigestEvent,
+    OomEvent,
+    ProcessEvent,
+    ReclaimEvent,
+    SpikeEvent,
+)
+from hostwarden.bpf.executables import ExecutableList
+from hostwarden.bpf.monitor import (
+    BpfMonitor,
+    BpfMonitorError,
+    CgroupRss,
+    ProgramStats,
+    ProgramStatus,
+    ReclaimTotals,
+)
+from hostwarden.bpf.thresholds import spike_threshold
+
+__all__ = [
+    "BpfEvent",
+    "BpfMonitor",
+    "BpfMonitorError",
+    "CgroupRss",
+    "ExecDigestEvent",
+    "ExecutableList",
+    "OomEvent",
+    "ProcessEvent",
+    "ProgramStats",
+    "ProgramStatus",
+    "ReclaimEvent",
+    "ReclaimTotals",
+    "SpikeEvent",
+    "spike_threshold",
+]

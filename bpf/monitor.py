@@ -1,0 +1,470 @@
+"""BpfMonitor: loads hostwarden's eBPF programs with bcc, feeds their events to a callback, and
+holds the maps the daemon writes (watched cgroups, spike thresholds) and reads (RSS, reclaim, cost).
+
+bcc is imported only in start(): importing it takes seconds, and nothing else here needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from hostwarden.bpf import kernel
+from hostwarden.bpf.events import BpfEvent, EventDecodeError, decode_event
+from hostwarden.bpf.programs import (
+    COMMON_UNIT,
+    DEFAULT_PROGRAMS,
+    ProgramSpec,
+    SleepableLsm,
+    Tracepoint,
+    compose_source,
+    packaged_unit,
+)
+
+log = logging.getLogger(__name__)
+
+# Lifecycle events are not woken for (see common.bpf.c): they are drained this often.
+_DRAIN_INTERVAL_MS = 50
+_DETAIL_LINES = 6  # compiler / verifier lines kept in a program's failure detail
+
+
+@dataclass(frozen=True)
+class ProgramStatus:
+    """Whether a program runs; `detail` says what it attached to, or why it could not load."""
+
+    name: str
+    loaded: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    """A program's own cost (kernel run-time statistics) and the events it could not deliver."""
+
+    run_time_ns: int
+    run_count: int
+    events_lost: int
+
+    @property
+    def mean_run_ns(self) -> float | None:
+        return self.run_time_ns / self.run_count if self.run_count else None
+
+
+@dataclass(frozen=True)
+class CgroupRss:
+    """Summed resident memory of a watched cgroup's processes, as the rss_stat program counts it."""
+
+    rss_bytes: int
+    peak_bytes: int
+    source: str = "process_rss"
+
+
+@dataclass(frozen=True)
+class ReclaimTotals:
+    count: int
+    duration_ns: int
+    reclaimed_pages: int
+
+
+class BpfMonitorError(RuntimeError):
+    """The monitor was used in a state that does not allow it (not started, program not loaded)."""
+
+
+def tracefs_events_dir(sys_root: Path = Path("/sys")) -> Path | None:
+    """The tracefs events directory, where bcc looks for it; None when tracefs is not mounted."""
+    for candidate in (sys_root / "kernel/debug/tracing/events", sys_root / "kernel/tracing/events"):
+        if candidate.is_dir() and any(candidate.iterdir()):
+            return candidate
+    return None
+
+
+def unavailable_reason(spec: ProgramSpec, sys_root: Path, events_dir: Path | None) -> str | None:
+    """Why `spec` cannot run on this kernel, found without loading anything; None if it may."""
+    if isinstance(spec.attach, Tracepoint):
+        if events_dir is None:
+            return ("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): "
+                    f"cannot attach {spec.attach}")
+        if not (events_dir / spec.attach.category / spec.attach.event).is_dir():
+            return f"{spec.attach} does not exist on kernel {platform.release()}"
+        return None
+    lsm_file = sys_root / "kernel/security/lsm"
+    try:
+        active = lsm_file.read_text().strip().split(",")
+    except OSError:
+        return (f"cannot read {lsm_file} (securityfs not mounted?): BPF LSM state unknown, "
+                f"{spec.attach} not loaded")
+    if "bpf" not in active:
+        return f"BPF LSM not active (active LSMs: {','.join(active)}; boot with lsm=...,bpf)"
+    if not (sys_root / "kernel/btf/vmlinux").exists():
+        return f"no kernel BTF ({sys_root}/kernel/btf/vmlinux): {spec.attach} needs it"
+    return None
+
+
+def _ima_active(sys_root: Path) -> bool:
+    return (sys_root / "kernel/security/ima").is_dir()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what C code (clang, libbpf's verifier log) writes to fd 2 while the block runs.
+
+    bcc reports compile errors and verifier logs only on stderr; a program's failure detail needs them.
+    """
+    captured: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _error_detail(error: BaseException, stderr_text: str) -> str:
+    lines = [line for line in stderr_text.splitlines() if "error" in line.lower() or line.startswith("R")]
+    tail = lines[-_DETAIL_LINES:] or stderr_text.strip().splitlines()[-_DETAIL_LINES:]
+    return "; ".join([str(error).strip().splitlines()[0], *tail])
+
+
+def _ensure_tracefs(sys_root: Path) -> None:
+    """Mount tracefs where bcc looks for it, if nothing is mounted yet (programs attach through it)."""
+    if tracefs_events_dir(sys_root) is not None:
+        return
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(sys_root / "kernel/tracing")],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        log.warning("could not mount tracefs: %s", result.stderr.strip())
+
+
+class BpfMonitor:
+    """Loads the programs, delivers their events, and exposes their maps as plain data.
+
+    Threading: start() and stop() from one thread. Events are decoded on a background thread
+    ("hostwarden-bpf-events") and passed to `on_event` there, in ring-buffer order: spike, OOM
+    and reclaim events at once, lifecycle and exec-digest events within 50 ms; on_event
+    must be quick (queue the event) since it holds up delivery of the next one. watch(),
+    unwatch(), set_threshold() and the readers may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        on_event: Callable[[BpfEvent], None],
+        *,
+        programs: Sequence[ProgramSpec] = DEFAULT_PROGRAMS,
+        extra_units: Mapping[str, str] | None = None,
+        sys_root: Path = Path("/sys"),
+    ) -> None:
+        """`extra_units` are C sources (by unit name) for programs not shipped in the package."""
+        self._on_event = on_event
+        self._programs = tuple(programs)
+        self._extra_units = dict(extra_units or {})
+        self._sys_root = sys_root
+        self._lock = threading.Lock()
+        self._bpf: Any = None
+        self._started = False
+        self._program_fds: dict[str, int] = {}
+        self._lsm_fds: list[int] = []  # programs and links loaded here rather than by bcc
+        self._stats_fd: int | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._undecodable = 0
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def start(self) -> dict[str, ProgramStatus]:
+        """Load and attach every program that this kernel allows; report each one's status.
+
+        A program that cannot load is reported (loaded=False, with the reason) and the others
+        still run. Raises BpfMonitorError only if already started.
+        """
+        if self._started:
+            raise BpfMonitorError("BpfMonitor.start() called twice: stop() it first")
+        self._started = True
+        try:
+            bcc = importlib.import_module("bcc")
+        except ImportError as missing:
+            reason = (f"python module bcc not importable ({missing}): install Debian's python3-bpfcc "
+                      "in a venv made with --system-site-packages")
+            return {spec.name: ProgramStatus(spec.name, False, reason) for spec in self._programs}
+
+        _ensure_tracefs(self._sys_root)
+        events_dir = tracefs_events_dir(self._sys_root)
+        statuses: dict[str, ProgramStatus] = {}
+        candidates: list[ProgramSpec] = []
+        for spec in self._programs:
+            reason = unavailable_reason(spec, self._sys_root, events_dir)
+            if reason is None:
+                candidates.append(spec)
+            else:
+                statuses[spec.name] = ProgramStatus(spec.name, False, reason)
+
+        units = list(dict.fromkeys(spec.unit for spec in candidates))
+        self._bpf, compile_failures = self._compile(bcc, units)
+        for spec in candidates:
+            if spec.unit in compile_failures:
+                statuses[spec.name] = ProgramStatus(spec.name, False, compile_failures[spec.unit])
+            else:
+                statuses[spec.name] = self._load(bcc, spec)
+
+        if self._program_fds:
+            self._start_delivery()
+        elif self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        return {spec.name: statuses[spec.name] for spec in self._programs}
+
+    def _unit_source(self, unit: str) -> str:
+        return self._extra_units[unit] if unit in self._extra_units else packaged_unit(unit)
+
+    def _compile(self, bcc: ModuleType, units: list[str]) -> tuple[Any, dict[str, str]]:
+        """One bcc module for all units (one clang run: ~25 s on an emulated VM). If that fails,
+        each unit alone finds the culprits, and the module is rebuilt without them."""
+        if not units:
+            return None, {}
+        bpf_class = _manual_attach_class(bcc)
+        try:
+            sources = {name: self._unit_source(name) for name in [COMMON_UNIT, *units]}
+        except OSError as unreadable:
+            return None, {unit: f"source unreadable: {unreadable}" for unit in units}
+
+        def build(names: list[str]) -> Any:
+            with _captured_stderr() as stderr:
+                try:
+                    return bpf_class(text=compose_source(sources, names))
+                except Exception as refused:  # bcc raises bare Exception for compile errors
+                    raise _CompileError(_error_detail(refused, "".join(stderr))) from None
+
+        try:
+            return build(units), {}
+        except _CompileError as combined:
+            log.warning("bpf programs failed to compile together (%s); compiling each alone", combined)
+        failures: dict[str, str] = {}
+        for unit in units:
+            try:
+                build([unit]).cleanup()
+            except _CompileError as alone:
+                failures[unit] = f"compile failed: {alone}"
+        working = [unit for unit in units if unit not in failures]
+        if not working:
+            return None, failures
+        try:
+            return build(working), failures
+        except _CompileError as rebuilt:
+            return None, {unit: f"compile failed: {rebuilt}" for unit in units}
+
+    def _load(self, bcc: ModuleType, spec: ProgramSpec) -> ProgramStatus:
+        with _captured_stderr() as stderr:
+            try:
+                if isinstance(spec.attach, SleepableLsm):
+                    detail = self._load_sleepable_lsm(bcc, spec, spec.attach)
+                else:
+                    function = self._bpf.load_func(spec.attach.function, bcc.BPF.TRACEPOINT)
+                    self._bpf.attach_tracepoint(tp=f"{spec.attach.category}:{spec.attach.event}",
+                                                fn_name=function.name)
+                    self._program_fds[spec.name] = function.fd
+                    detail = f"attached to {spec.attach}"
+            except Exception as refused:  # bcc raises bare Exception for load and attach errors
+                return ProgramStatus(spec.name, False, _error_detail(refused, "".join(stderr)))
+        return ProgramStatus(spec.name, True, detail)
+
+    def _load_sleepable_lsm(self, bcc: ModuleType, spec: ProgramSpec, attach: SleepableLsm) -> str:
+        instructions = self._bpf.dump_func(attach.function)
+        license_text = bcc.libbcc.lib.bpf_module_license(self._bpf.module)
+        try:
+            program_fd = kernel.load_sleepable_lsm(instructions, attach.hook, spec.name, license_text)
+        except kernel.BpfSyscallError as refused:
+            verifier = refused.log.strip().splitlines()[-_DETAIL_LINES:]
+            raise RuntimeError("; ".join([str(refused), *verifier])) from None
+        try:
+            link_fd = kernel.attach_lsm(program_fd)
+        except OSError:
+            os.close(program_fd)
+            raise
+        self._lsm_fds += [link_fd, program_fd]
+        self._program_fds[spec.name] = program_fd
+        if _ima_active(self._sys_root):
+            return f"attached to {attach}, IMA digests"
+        return f"attached to {attach}; IMA not active: events carry the path, no digest"
+
+    # ---- delivery ------------------------------------------------------------------------
+
+    def _start_delivery(self) -> None:
+        try:
+            self._stats_fd = kernel.enable_run_time_stats()
+        except OSError as refused:
+            log.warning("BPF run-time statistics unavailable (%s): program costs read as 0", refused)
+        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._stop.clear()
+        self._poller = threading.Thread(target=self._poll, name="hostwarden-bpf-events", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._bpf.ring_buffer_poll(timeout=_DRAIN_INTERVAL_MS)
+            self._bpf.ring_buffer_consume()
+
+    def _on_record(self, _context: object, data: int, size: int) -> int:
+        try:
+            event = decode_event(ctypes.string_at(data, size))
+        except EventDecodeError as undecodable:
+            self._undecodable += 1
+            log.warning("dropped a ring-buffer record: %s", undecodable)
+            return 0
+        try:
+            self._on_event(event)
+        except Exception:  # a consumer's bug must not stop the delivery of later events
+            log.exception("on_event raised for %s", event)
+        return 0
+
+    def stop(self) -> None:
+        """Detach every program, stop delivery, close all kernel objects. Idempotent."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+            self._poller = None
+        for fd in self._lsm_fds:
+            os.close(fd)
+        self._lsm_fds.clear()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
+        self._program_fds.clear()
+        self._started = False
+
+    # ---- maps the daemon writes ----------------------------------------------------------
+
+    def _table(self, name: str) -> Any:
+        if self._bpf is None:
+            raise BpfMonitorError("no BPF program is loaded: start() the monitor first (and check "
+                                  "its program statuses)")
+        try:
+            return self._bpf[name]
+        except KeyError:
+            raise BpfMonitorError(f"map {name} does not exist: the program owning it did not load") from None
+
+    def _table_known(self, name: str) -> bool:
+        try:
+            self._table(name)
+        except BpfMonitorError:
+            return False
+        return True
+
+    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None) -> None:
+        """Observe the processes of cgroup `cgroup_id` (its cgroup v2 inode number)."""
+        _check_cgroup_id(cgroup_id)
+        _check_threshold(spike_threshold_bytes)
+        with self._lock:
+            watched = self._table("watched_cgroups")
+            watched[watched.Key(cgroup_id)] = watched.Leaf(spike_threshold_bytes or 0, 0)
+            for name in ("cgroup_memory", "reclaim_totals"):
+                if self._table_known(name):
+                    table = self._table(name)
+                    key = table.Key(cgroup_id)
+                    if key not in table:
+                        table[key] = table.Leaf()
+
+    def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
+        """Replace a watched cgroup's spike threshold (None: no spike detection) and re-arm it."""
+        _check_cgroup_id(cgroup_id)
+        _check_threshold(spike_threshold_bytes)
+        with self._lock:
+            watched = self._table("watched_cgroups")
+            key = watched.Key(cgroup_id)
+            if key not in watched:
+                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
+            watched[key] = watched.Leaf(spike_threshold_bytes or 0, 0)
+
+    def unwatch(self, cgroup_id: int) -> None:
+        """Stop observing a cgroup and drop its kernel-side totals. Unknown ids are ignored."""
+        _check_cgroup_id(cgroup_id)
+        with self._lock:
+            for name in ("watched_cgroups", "cgroup_memory", "reclaim_totals"):
+                if self._table_known(name):
+                    table = self._table(name)
+                    with contextlib.suppress(KeyError):
+                        del table[table.Key(cgroup_id)]
+
+    # ---- what the daemon reads -----------------------------------------------------------
+
+    def cgroup_rss(self, cgroup_id: int) -> CgroupRss | None:
+        """Current and peak summed RSS of a watched cgroup's processes; None if not watched."""
+        table = self._table("cgroup_memory")
+        try:
+            value = table[table.Key(cgroup_id)]
+        except KeyError:
+            return None
+        return CgroupRss(rss_bytes=max(0, value.rss), peak_bytes=max(0, value.peak))
+
+    def reclaim_totals(self, cgroup_id: int) -> ReclaimTotals | None:
+        table = self._table("reclaim_totals")
+        try:
+            value = table[table.Key(cgroup_id)]
+        except KeyError:
+            return None
+        return ReclaimTotals(count=value.count, duration_ns=value.duration_ns,
+                             reclaimed_pages=value.reclaimed_pages)
+
+    def program_stats(self) -> dict[str, ProgramStats]:
+        """Each loaded program's cumulative run time, run count and lost events."""
+        lost = self._table("events_lost")
+        stats: dict[str, ProgramStats] = {}
+        for spec in self._programs:
+            fd = self._program_fds.get(spec.name)
+            if fd is None:
+                continue
+            counters = kernel.program_counters(fd)
+            events_lost = sum(lost.sum(lost.Key(int(kind))).value for kind in spec.event_kinds)
+            stats[spec.name] = ProgramStats(counters.run_time_ns, counters.run_count, events_lost)
+        return stats
+
+    @property
+    def undecodable_records(self) -> int:
+        return self._undecodable
+
+
+class _CompileError(Exception):
+    pass
+
+
+def _manual_attach_class(bcc: ModuleType) -> type:
+    """bcc.BPF without its automatic attaching of tracepoint__/lsm__ functions at construction:
+    that would stop at the first program that cannot attach, and load the LSM program without
+    the sleepable flag. Programs here are loaded and attached one by one instead."""
+
+    class ManualAttachBPF(bcc.BPF):  # type: ignore[misc,name-defined]
+        def _trace_autoload(self) -> None:
+            pass
+
+    return ManualAttachBPF
+
+
+def _check_cgroup_id(cgroup_id: int) -> None:
+    if not isinstance(cgroup_id, int) or isinstance(cgroup_id, bool) or cgroup_id <= 0:
+        raise ValueError(f"cgroup id must be a positive integer (the cgroup directory's inode), "
+                         f"got {cgroup_id!r}")
+
+
+def _check_threshold(spike_threshold_bytes: int | None) -> None:
+    if spike_threshold_bytes is None:
+        return
+    if not isinstance(spike_threshold_bytes, int) or spike_threshold_bytes <= 0:
+        raise ValueError(f"spike threshold must be a positive number of bytes or None, "
+                         f"got {spike_threshold_bytes!r}")
