@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
+
 from hostwarden.policy.schema import PolicyError, load_policy_file
 
 # Fetches the effective policy from the running daemon (GetPolicy); supplied by daemon/cli.py.

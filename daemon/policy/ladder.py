@@ -143,6 +143,8 @@ class _Round:
         self.decisions: list[Decision] = []
         total = max(observations.host_memory_total, 1)
         self.host_short = observations.host_memory_available < self.settings.host_short * total
+        self.host_pressure_since: float | None = None
+        self.host_calm_since: float | None = None
 
     def is_frozen(self, call: CallObservation) -> bool:
         return call.frozen or (self.dry_run and call.call_id in self.frozen_at)
@@ -192,14 +194,15 @@ class _Round:
         host = self.observations.host_psi_some_avg10 if self.host_short else 0.0
         return max([*above, host]) < self.settings.thaw_psi
 
-    def host_timers(self) -> tuple[float | None, float | None]:
+    def update_host_timers(self) -> None:
         host_psi = self.observations.host_psi_some_avg10
         pressured = self.host_short and host_psi >= self.settings.freeze_psi
         calm = not self.host_short and host_psi < self.settings.thaw_psi
         previous = self.previous
         pressure_since = self.now if previous.host_pressure_since is None else previous.host_pressure_since
         calm_since = self.now if previous.host_calm_since is None else previous.host_calm_since
-        return (pressure_since if pressured else None), (calm_since if calm else None)
+        self.host_pressure_since = pressure_since if pressured else None
+        self.host_calm_since = calm_since if calm else None
 
     # -- rungs --------------------------------------------------------------------------------------------
 
@@ -218,7 +221,7 @@ class _Round:
                           f"(using {format_size(call.memory_current)})",
                           "the call is slowed by memory reclaim; declare a larger memory intent to avoid it")
 
-    def thaw(self, host_calm_since: float | None) -> None:
+    def thaw(self) -> None:
         ready = [self.calls[call_id] for call_id in self.frozen_at
                  if self.sustained(self.calm_since, call_id, self.settings.thaw_after)]
         if ready:
@@ -230,7 +233,7 @@ class _Round:
                           "resumed; nothing to do")
                 del self.frozen_at[call.call_id]
                 del self.calm_since[call.call_id]
-        if host_calm_since is not None and self.now - host_calm_since >= self.settings.thaw_after:
+        if self.host_calm_since is not None and self.now - self.host_calm_since >= self.settings.thaw_after:
             for call_id in list(self.throttled_to):
                 call = self.calls[call_id]
                 self.emit(Action.RELEASE, call, Reason.HOST_MEMORY_RECOVERED,
@@ -283,11 +286,13 @@ class _Round:
     def frozen_since(self, call: CallObservation) -> float:
         return call.frozen_since if call.frozen_since is not None else self.frozen_at[call.call_id]
 
-    def freeze(self, waiting_kill: CallObservation | None, host_pressured: bool) -> None:
+    def freeze(self, waiting_kill: CallObservation | None) -> None:
         running = self.running()
-        sources = [c for c in running if self.sustained(self.pressure_since, c.call_id, self.settings.freeze_after)]
+        freeze_after = self.settings.freeze_after
+        sources = [c for c in running if self.sustained(self.pressure_since, c.call_id, freeze_after)]
         if waiting_kill is not None:
             sources.append(waiting_kill)
+        host_pressured = self.host_pressure_since is not None and self.now - self.host_pressure_since >= freeze_after
         if host_pressured and running:
             sources.append(max(running, key=lambda c: c.priority.rank))
         if not sources:
@@ -314,10 +319,15 @@ class _Round:
             self.frozen_at[call.call_id] = self.now
             self.pressure_since.pop(call.call_id, None)
             self.stall_since.pop(call.call_id, None)
+        # PSI averages lag: judge this freeze for a whole freeze_after before freezing the next class up.
+        for call_id in self.pressure_since:
+            self.pressure_since[call_id] = self.now
+        if self.host_pressure_since is not None:
+            self.host_pressure_since = self.now
 
     def throttle(self) -> None:
         running = self.running()
-        if not running:
+        if not self.host_short or not running:
             return
         top = max(c.priority.rank for c in running)
         settings = self.settings
@@ -346,14 +356,13 @@ def decide(policy: Policy, observations: Observations, state: LadderState,
     monotonic `now`; feed back the returned state. Pure: it acts on nothing."""
     step = _Round(policy, observations, state, now)
     step.update_timers()
-    host_pressure_since, host_calm_since = step.host_timers()
+    step.update_host_timers()
     step.report_kernel_actions()
-    step.thaw(host_calm_since)
+    step.thaw()
     last = state.last_escalation_at
     if last is None or now - last >= policy.ladder.post_action_delay:
-        host_pressured = host_pressure_since is not None and now - host_pressure_since >= policy.ladder.freeze_after
         waiting_kill = step.kill()
-        step.freeze(waiting_kill, host_pressured)
+        step.freeze(waiting_kill)
         step.throttle()
         if any(decision.action in ESCALATIONS for decision in step.decisions):
             last = now
@@ -366,8 +375,8 @@ def decide(policy: Policy, observations: Observations, state: LadderState,
         throttled_to=_frozen_map(step.throttled_to),
         killed=frozenset(step.killed),
         seen_events=MappingProxyType({c.call_id: c.events for c in observations.calls}),
-        host_pressure_since=host_pressure_since,
-        host_calm_since=host_calm_since,
+        host_pressure_since=step.host_pressure_since,
+        host_calm_since=step.host_calm_since,
     )
     return step.decisions, new_state
 
