@@ -171,6 +171,8 @@ def bind_interface(interface: str | int, resolve_link: LinkResolver, *, netns: N
         raise NetBindingError(
             f"no interface {interface!r} in {where}; give the host side of the sandbox's veth"
         ) from error
+    except OSError as error:
+        raise NetBindingError(f"cannot look up interface {interface!r} in {where}: {error}") from error
     if name == "lo":
         raise NetBindingError("the loopback interface carries no sandbox's traffic; bind its veth instead")
     return NetBinding(kind=BindingKind.INTERFACE, netns=netns, ifindex=ifindex, interface=name)

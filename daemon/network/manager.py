@@ -48,10 +48,12 @@ class SandboxNetwork:
     def unbind(self, sandbox: str) -> None:
         """At sandbox deletion: lift its limit, stop counting, close its namespace's socket if unused."""
         binding = self.accountant.binding(sandbox)
-        self.limiter.remove(sandbox)
-        self.accountant.unbind(sandbox)
-        if binding is not None:
-            self._forget_if_unused(binding)
+        try:
+            self.limiter.remove(sandbox)
+        finally:  # a limit that would not come off is reported, but the sandbox is still gone
+            self.accountant.unbind(sandbox)
+            if binding is not None:
+                self._forget_if_unused(binding)
 
     def _forget_if_unused(self, binding: NetBinding) -> None:
         if binding.netns is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from hostwarden.network.binding import BindingKind, NetBinding, NetBindingError, NetnsRef
 from hostwarden.network.limits import EgressLimit, ShapingError
@@ -47,16 +48,16 @@ class LinkStats:
     loopback: bool = False
 
 
-def _link_stats(message: object) -> LinkStats:
-    stats = message.get_attr("IFLA_STATS64") or message.get_attr("IFLA_STATS") or {}  # type: ignore[attr-defined]
+def _link_stats(message: ifinfmsg) -> LinkStats:
+    stats = message.get_attr("IFLA_STATS64") or message.get_attr("IFLA_STATS") or {}
     return LinkStats(
-        ifindex=message["index"],  # type: ignore[index]
-        name=message.get_attr("IFLA_IFNAME"),  # type: ignore[attr-defined]
+        ifindex=message["index"],
+        name=message.get_attr("IFLA_IFNAME"),
         rx_bytes=stats.get("rx_bytes", 0),
         tx_bytes=stats.get("tx_bytes", 0),
         rx_packets=stats.get("rx_packets", 0),
         tx_packets=stats.get("tx_packets", 0),
-        loopback=bool(message["flags"] & _IFF_LOOPBACK),  # type: ignore[index]
+        loopback=bool(message["flags"] & _IFF_LOOPBACK),
     )
 
 
@@ -80,7 +81,7 @@ class Rtnl:
 
     def __init__(self) -> None:
         self._sockets: dict[tuple[int, int] | None, IPRoute] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a caller may read links inside its own session
 
     @contextmanager
     def session(self, netns: NetnsRef | None) -> Iterator[IPRoute]:
@@ -119,18 +120,22 @@ class Rtnl:
     # -- links -------------------------------------------------------------------------------------
 
     def links(self, netns: NetnsRef | None) -> list[LinkStats]:
+        """Every link's counters; OSError (or NetBindingError) when the namespace cannot be read."""
         with self.session(netns) as ipr:
-            return [_link_stats(message) for message in ipr.get_links()]
+            try:
+                return [_link_stats(message) for message in ipr.get_links()]
+            except NetlinkError as error:
+                raise OSError(error.code, _explain(error)) from error
 
     def link(self, netns: NetnsRef | None, ifindex: int) -> LinkStats:
-        """One link's counters; LookupError when the link is gone."""
+        """One link's counters; LookupError when the link is gone, OSError when it cannot be read."""
         with self.session(netns) as ipr:
             try:
                 (message,) = ipr.get_links(ifindex)
             except NetlinkError as error:
                 if error.code == errno.ENODEV:
                     raise LookupError(f"no link with ifindex {ifindex}") from error
-                raise
+                raise OSError(error.code, _explain(error)) from error
         return _link_stats(message)
 
     def resolve_link(self, netns: NetnsRef | None, interface: str | int) -> tuple[int, str]:
