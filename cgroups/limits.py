@@ -83,6 +83,8 @@ class LimitOutcome:
 
 def apply_limits(fs: CgroupFs, cgroup: Path, limits: Limits) -> list[LimitOutcome]:
     """Write each requested limit; one outcome per limit. Raises CgroupIOError when a write fails."""
+    if not limits.files():
+        return []
     enabled = set(fs.read(cgroup / "cgroup.controllers").split())
     outcomes: list[LimitOutcome] = []
     for file, value in limits.files():

@@ -77,12 +77,16 @@ class CgroupTree:
     # --- paths -------------------------------------------------------------------------------------------
 
     def inside(self, path: Path) -> Path:
-        """`path` resolved, if it lies strictly below the root; PathEscape otherwise."""
-        resolved = Path(path).resolve()
-        if resolved == self.root or not resolved.is_relative_to(self.root):
+        """`path` made absolute and normalised, if it lies strictly below the root; PathEscape otherwise.
+
+        The check is lexical: cgroupfs cannot hold symlinks, and the root itself was resolved once, so
+        this is as strict as resolving and far cheaper on the per-call path.
+        """
+        normal = Path(os.path.normpath(os.path.join(self.root, path)))
+        if normal == self.root or not normal.is_relative_to(self.root):
             raise PathEscape(f"{path} is not inside the daemon's cgroup root {self.root}: only cgroups below "
                              "the root can be used")
-        return resolved
+        return normal
 
     def sandbox_path(self, name: str) -> Path:
         validate_name(name, "sandbox name")
@@ -189,11 +193,16 @@ class CgroupTree:
 
     def create_call(self, sandbox: str, call_id: str, limits: Limits) -> tuple[Path, list[LimitOutcome]]:
         """Make `<root>/<sandbox>/calls/<call_id>` with `limits`; nothing is left behind on error."""
-        self._existing_sandbox(sandbox)
         path = self.call_path(sandbox, call_id)
-        if path.exists():
-            raise CgroupExists(f"call {call_id!r} already exists in sandbox {sandbox!r}")
-        self._mkdir(path)
+        try:
+            self.fs.mkdir(path)
+        except CgroupIOError as error:
+            if error.errno == errno.ENOENT:
+                raise CgroupNotFound(f"no sandbox {sandbox!r} under {self.root}: create or adopt it first") \
+                    from error
+            if error.errno == errno.EEXIST:
+                raise CgroupExists(f"call {call_id!r} already exists in sandbox {sandbox!r}") from error
+            raise
         try:
             outcomes = apply_limits(self.fs, path, limits)
         except BaseException:
@@ -208,12 +217,14 @@ class CgroupTree:
         """Move process `pid` (all its threads) into the leaf cgroup `path`."""
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise CgroupNotFound(f"pid must be a positive integer, got {pid!r}")
-        path = self._existing(path)
+        path = self.inside(path)
         try:
             self.fs.write(path / "cgroup.procs", str(pid))
         except CgroupIOError as error:
             if error.errno == errno.ESRCH:
                 raise CgroupNotFound(f"process {pid} does not exist (exited?): start it again") from error
+            if error.errno == errno.ENOENT:
+                raise CgroupNotFound(f"no cgroup at {path}: it was removed or never created") from error
             raise
 
     # --- state changes -----------------------------------------------------------------------------------

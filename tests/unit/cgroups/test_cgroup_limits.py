@@ -3,9 +3,9 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from hostwarden.cgroups.errors import CgroupIOError, InvalidLimit
 from hostwarden.cgroups.limits import Limits, apply_limits
-
 from tests.unit.cgroups.fakefs import FakeCgroupFs
 
 

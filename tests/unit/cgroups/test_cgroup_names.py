@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hostwarden.cgroups.errors import InvalidName
 from hostwarden.cgroups.names import MAX_NAME_LENGTH, validate_name
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from hostwarden.cgroups.errors import CgroupIOError
 from hostwarden.cgroups.notify import CgroupWatcher, PsiTrigger
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from hostwarden.cgroups.errors import CgroupRootError
 from hostwarden.cgroups.root import discover_root, mount_of, own_cgroup, require_cgroup2
-
 from tests.unit.cgroups.fakefs import FakeCgroupFs
 
 

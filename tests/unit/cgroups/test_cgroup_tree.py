@@ -3,8 +3,10 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+
 from hostwarden.cgroups.errors import (
     CgroupBusy,
     CgroupExists,
@@ -15,7 +17,6 @@ from hostwarden.cgroups.errors import (
 )
 from hostwarden.cgroups.limits import Limits
 from hostwarden.cgroups.tree import CgroupTree
-
 from tests.unit.cgroups.fakefs import FakeCgroupFs
 
 
@@ -76,8 +77,9 @@ def test_paths_outside_the_root_are_refused(tree, fs, tmp_path):
     tree.create_sandbox("s1")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    (fs.root / "s1" / "calls" / "link").symlink_to(outside)
-    for path in (fs.root, fs.root / "..", fs.root / "s1" / ".." / "..", outside, fs.root / "s1/calls/link"):
+    sibling = fs.root.parent / (fs.root.name + "-sibling")  # shares the root's name as a string prefix
+    for path in (fs.root, fs.root / "..", fs.root / "s1" / ".." / "..", outside, sibling, Path("/"),
+                 fs.root / "s1" / "calls" / ".." / ".." / "..", Path("relative/../../..")):
         with pytest.raises(PathEscape, match="not inside the daemon's cgroup root"):
             tree.attach(path, os.getpid())
         with pytest.raises(PathEscape):
@@ -283,5 +285,5 @@ def test_unreadable_files_raise_naming_the_file(tree, fs):
     tree.create_sandbox("a")
     fs.fail_read["cgroup.controllers"] = errno.EACCES
     with pytest.raises(CgroupIOError, match=r"reading .*cgroup\.controllers failed: EACCES"):
-        tree.create_call("a", "c", Limits())
+        tree.create_call("a", "c", Limits(pids_max=5))
     assert not (fs.root / "a" / "calls" / "c").exists()

@@ -3,7 +3,6 @@ from __future__ import annotations
 import errno
 
 from hostwarden.cgroups.usage import Pressure, PressureLine, parse_pressure, process_rss, read_usage
-
 from tests.unit.cgroups.fakefs import FakeCgroupFs
 
 
