@@ -180,6 +180,8 @@ class TcShaper:
                 with self._rtnl.session(binding.netns) as ipr:
                     for link in self._shapeable_links(ipr):
                         self._delete_ours(ipr, link.ifindex)
+        except NetBindingError:
+            return  # the namespace is gone, and its qdiscs with it
         except (NetlinkError, OSError) as error:
             raise ShapingError(f"removing tc from {binding.describe()} failed: {_explain(error)}") from error
 
@@ -240,7 +242,7 @@ class TcShaper:
     def _apply_on_host_side(self, binding: NetBinding, limit: EgressLimit) -> None:
         assert binding.ifindex is not None
         with self._rtnl.session(binding.netns) as ipr:
-            if not self._link_exists(ipr, binding.ifindex):
+            if not self._is_bound_link(ipr, binding):
                 raise ShapingError(f"{binding.describe()} is gone")
             ifb, created = self._ensure_ifb(ipr, binding)
             try:
@@ -285,7 +287,7 @@ class TcShaper:
         assert binding.ifindex is not None
         with self._rtnl.session(binding.netns) as ipr:
             # The veth may already be gone with its sandbox; its ingress qdisc went with it.
-            if self._link_exists(ipr, binding.ifindex):
+            if self._is_bound_link(ipr, binding):
                 for qdisc in ipr.get_qdiscs(binding.ifindex):
                     if qdisc.get_attr("TCA_KIND") == "ingress":
                         ipr.tc("del", "ingress", binding.ifindex, _INGRESS_HANDLE)
@@ -293,11 +295,12 @@ class TcShaper:
                 ipr.link("del", index=ifb)
 
     @staticmethod
-    def _link_exists(ipr: IPRoute, ifindex: int) -> bool:
+    def _is_bound_link(ipr: IPRoute, binding: NetBinding) -> bool:
+        """Whether the bound host-side link is still there (same index and name: indexes get reused)."""
         try:
-            ipr.get_links(ifindex)
+            (message,) = ipr.get_links(binding.ifindex)
         except NetlinkError as error:
             if error.code == errno.ENODEV:
                 return False
             raise
-        return True
+        return message.get_attr("IFLA_IFNAME") == binding.interface
