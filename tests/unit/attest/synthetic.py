@@ -82,12 +82,14 @@ class SyntheticLog:
 def runtime_policy(allowed: list[SyntheticEntry], excludes: tuple[str, ...] = ()) -> dict:
     """A keylime runtime policy (format version 1) allowing exactly these files' digests."""
     digests: dict[str, list[str]] = {}
+    buffers: dict[str, list[str]] = {}  # keylime checks ima-buf entries against their own section
     for entry in allowed:
-        digests.setdefault(entry.path, []).append(entry.digest.hex())
+        section = buffers if entry.template == "ima-buf" else digests
+        section.setdefault(entry.path, []).append(entry.digest.hex())
     return {"meta": {"version": 1, "generator": 0}, "release": 0, "digests": digests,
             "excludes": list(excludes), "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1",
                                                                 "dm_policy": None},
-            "ima-buf": {}, "verification-keys": ""}
+            "ima-buf": buffers, "verification-keys": ""}
 
 
 def write_policy(path, allowed: list[SyntheticEntry], excludes: tuple[str, ...] = ()) -> None:
