@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import statistics
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from hostwarden.cgroups.notify import (
 from hostwarden.cgroups.root import discover_root
 from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.cgroups.usage import process_rss, read_usage
+from tests.host.cgroups.cgroup_helpers import emptied_latencies_ms, start_in
 from tests.support import require
 
 MOUNT = find_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
@@ -41,16 +41,6 @@ def tree():
     for sandbox in tree.scan():
         tree.delete_sandbox(sandbox.name, force=True)
     tree.fs.rmdir(root)
-
-
-def _start_in(tree: CgroupTree, cgroup: Path, *argv: str) -> subprocess.Popen:
-    """Start argv with its pid in `cgroup` before it execs: the child waits on its stdin until attached."""
-    child = subprocess.Popen(["sh", "-c", 'read _; exec "$@" </dev/null', "sh", *argv],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    tree.attach(cgroup, child.pid)
-    child.stdin.write(b"go\n")
-    child.stdin.close()
-    return child
 
 
 def _cgroup_of(pid: int) -> str:
@@ -78,7 +68,7 @@ def test_call_lifecycle_with_a_real_process(tree):
         if not outcome.enforced:
             print(f"unenforced here: {outcome.file}={outcome.value}: {outcome.reason}")
             assert controller in outcome.reason
-    child = _start_in(tree, call, "sleep", "30")
+    child = start_in(tree, call, "sleep", "30")
     try:
         assert _cgroup_of(child.pid) == "/" + str(call.relative_to(MOUNT))
         assert tree.pids(call) == [child.pid] and tree.populated(sandbox)
@@ -103,7 +93,7 @@ def test_call_lifecycle_with_a_real_process(tree):
 def test_freeze_stops_progress_and_thaw_resumes(tree):
     tree.create_sandbox("s1")
     call, _ = tree.create_call("s1", "ticker", Limits())
-    child = _start_in(tree, call, "sh", "-c", "while :; do echo tick; sleep 0.01; done")
+    child = start_in(tree, call, "sh", "-c", "while :; do echo tick; sleep 0.01; done")
     try:
         out = child.stdout.fileno()
         assert select.select([out], [], [], 5)[0]
@@ -123,7 +113,7 @@ def test_freeze_stops_progress_and_thaw_resumes(tree):
 def test_kill_ends_every_process_of_a_forking_call(tree):
     tree.create_sandbox("s1")
     call, _ = tree.create_call("s1", "forks", Limits())
-    child = _start_in(tree, call, "sh", "-c", "for i in 1 2 3 4 5; do sleep 30 & done; wait")
+    child = start_in(tree, call, "sh", "-c", "for i in 1 2 3 4 5; do sleep 30 & done; wait")
     deadline = time.monotonic() + 5
     while len(tree.pids(call)) < 6 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -136,7 +126,7 @@ def test_kill_ends_every_process_of_a_forking_call(tree):
 
 def test_delete_sandbox_refuses_then_forces(tree):
     sandbox = tree.create_sandbox("s1")
-    agent = _start_in(tree, sandbox / "agent", "sleep", "30")
+    agent = start_in(tree, sandbox / "agent", "sleep", "30")
     tree.create_call("s1", "idle", Limits())
     with pytest.raises(CgroupBusy, match="still runs 1 process"):
         tree.delete_sandbox("s1", force=False)
@@ -163,7 +153,7 @@ def test_reaper_removes_only_empty_calls(tree):
     tree.create_sandbox("s1")
     done, _ = tree.create_call("s1", "done", Limits())
     running, _ = tree.create_call("s1", "running", Limits())
-    child = _start_in(tree, running, "sleep", "30")
+    child = start_in(tree, running, "sleep", "30")
     try:
         assert tree.reap_empty_calls() == [done]
         assert running.exists()
@@ -174,34 +164,7 @@ def test_reaper_removes_only_empty_calls(tree):
 
 def test_emptied_notification_latency(tree):
     tree.create_sandbox("s1")
-    reported: dict[Path, float] = {}
-    arrived = threading.Condition()
-
-    def on_emptied(path: Path) -> None:
-        with arrived:
-            reported[path] = time.monotonic()
-            arrived.notify_all()
-
-    watcher = CgroupWatcher(on_emptied)
-    watcher.start()
-    latencies_ms = []
-    try:
-        for index in range(20):
-            call, _ = tree.create_call("s1", f"c{index}", Limits())
-            child = _start_in(tree, call, "sleep", "30")
-            watcher.watch(call)
-            time.sleep(0.02)  # let the attach's own notification pass, as in a real call
-            killed_at = time.monotonic()
-            os.kill(child.pid, signal.SIGKILL)
-            with arrived:
-                assert arrived.wait_for(lambda call=call: call in reported, 5), f"{call} never reported"
-            latencies_ms.append((reported[call] - killed_at) * 1000)
-            child.wait()
-            tree.remove(call)
-    finally:
-        watcher.stop()
-    print(f"emptied-notification latency over {len(latencies_ms)} calls (SIGKILL -> callback): "
-          f"p50 {statistics.median(latencies_ms):.3f} ms, max {max(latencies_ms):.3f} ms")
+    assert len(emptied_latencies_ms(tree, "s1", 20)) == 20
 
 
 def test_psi_trigger_fires_under_cpu_contention(tree):
@@ -214,7 +177,7 @@ def test_psi_trigger_fires_under_cpu_contention(tree):
     window_us = 500_000 if has_cap_sys_resource() else UNPRIVILEGED_WINDOW_STEP_US
     trigger = PsiTrigger(call / "cpu.pressure", "some", 50_000, window_us)
     watcher.add_trigger(trigger, lambda _trigger: fired.set())
-    hogs = [_start_in(tree, call, "sh", "-c", "while :; do :; done") for _ in range(os.cpu_count() + 2)]
+    hogs = [start_in(tree, call, "sh", "-c", "while :; do :; done") for _ in range(os.cpu_count() + 2)]
     try:
         assert fired.wait(3 * window_us / 1e6), "no PSI event with more busy processes than CPUs"
     finally:
