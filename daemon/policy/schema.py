@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from hostwarden.policy.locate import KeyLines, KeyPath, format_path
 from hostwarden.policy.units import format_size, parse_duration, parse_size
+from hostwarden.power.budget import PowerBudget
 
 T = TypeVar("T")
 
@@ -200,8 +201,7 @@ class Policy:
     ladder: Ladder = Ladder()
     auto: Auto = Auto()
     attest: Attest = Attest()
-    # Parsed by hostwarden.power (its budget settings); kept here as the plain table from the file.
-    power: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    power: PowerBudget | None = None  # node power budget ([power], validated by hostwarden.power)
 
     def rule_for(self, sandbox: SandboxInfo, tool: str) -> Rule | None:
         """The first rule, in file order, whose match holds."""
@@ -217,7 +217,7 @@ class Policy:
             "ladder": _plain(self.ladder),
             "auto": _plain(self.auto),
             "attest": _plain(self.attest),
-            "power": _thaw_mapping(self.power),
+            "power": _plain(self.power) if self.power is not None else {},
             "rule": [_rule_dict(rule) for rule in self.rules],
         }
 
@@ -229,14 +229,6 @@ def _plain(value: Any) -> Any:
         return str(value)
     if hasattr(value, "__dataclass_fields__"):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    return value
-
-
-def _thaw_mapping(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _thaw_mapping(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw_mapping(item) for item in value]
     return value
 
 
@@ -473,16 +465,20 @@ def _read_rule(issues: _Issues, index: int, data: Any, defaults: Defaults, limit
     return Rule(name, match, rule_defaults, rule_limits, frozenset(overridden))
 
 
-def _check_plain(issues: _Issues, path: KeyPath, value: Any) -> None:
-    """[power] is read by hostwarden.power; here only make sure it survives JSON (no TOML dates)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(issues, (*path, key), item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_plain(issues, path, item)
-    elif not isinstance(value, str | int | float | bool):
-        issues.add(path, f"dates and times are not accepted here, got {value!r}; write a string or a number")
+_POWER_ERROR_RE = re.compile(r"^\[power\] (\w+): (.*)$", re.DOTALL)
+
+
+def _read_power(issues: _Issues, table: _Table) -> PowerBudget | None:
+    """[power] is the power budget, validated by hostwarden.power; an absent or empty table means none."""
+    if not table.data:
+        return None
+    try:
+        return PowerBudget.from_mapping(table.data)
+    except ValueError as error:
+        found = _POWER_ERROR_RE.match(str(error))
+        key, message = (found.group(1), found.group(2)) if found else (None, str(error))
+        issues.add(("power", key) if key else ("power",), f"{message} (see docs/power.md)")
+        return None
 
 
 def _read_priorities(root: _Table) -> Mapping[Priority, PriorityClass]:
@@ -528,8 +524,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                    "learning could never start; lower it or widen the window")
     attest, _ = _read_fields(root.table("attest"), Attest())
     priorities = _read_priorities(root)
-    power = root.table("power").data
-    _check_plain(issues, ("power",), power)
+    power = _read_power(issues, root.table("power"))
     rules: list[Rule] = []
     if root.has("rule"):
         raw_rules = data["rule"] if isinstance(data["rule"], list) else [data["rule"]]
@@ -545,7 +540,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(sorted(issues.items, key=lambda issue: issue.line), source)
     return Policy(source=source, dry_run=dry_run, defaults=defaults, limits=limits, rules=tuple(rules),
                   priorities=priorities, ladder=ladder, auto=auto, attest=attest,
-                  power=MappingProxyType(power))
+                  power=power)
 
 
 def load_policy_file(path: str) -> Policy:
