@@ -122,6 +122,7 @@ class EnergyMeter:
         self._gpu_idle_joules = 0.0
         self._gpu_unattributed_joules = 0.0
         first = self._read_point(None)
+        self._gpu_zones = {z.zone for z in gpu_source.read()} if gpu_source is not None else set()
         self._history: deque[_Point] = deque([first])
         self._baseline_point = first
         self._timer_point = first
@@ -285,8 +286,6 @@ class EnergyMeter:
             watts = {zone: (joules - earlier.zones.get(zone, 0.0)) / span if span > 0 else 0.0
                      for zone, joules in now.zones.items()}
             cpu_kind = self._cpu_source.kind
-            gpu_zones = {zone for zone in now.zones if zone.startswith("gpu")} \
-                if self._gpu_source is not None else set()
             sandbox_energy: dict[tuple[str, EnergySourceKind], float] = {}
             cores: dict[str, float] = {}
             for name, sandbox in self._sandboxes.items():
@@ -298,7 +297,7 @@ class EnergyMeter:
                 cores[name] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else 0.0
             return PowerSnapshot(
                 sandbox_energy_joules=sandbox_energy,
-                node_energy_joules={(zone, "measured" if zone in gpu_zones else cpu_kind): joules
+                node_energy_joules={(zone, "measured" if zone in self._gpu_zones else cpu_kind): joules
                                     for zone, joules in now.zones.items()},
                 idle_energy_joules=self._cpu_idle_joules + self._gpu_idle_joules,
                 node_power_watts=watts,
