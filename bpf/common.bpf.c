@@ -22,7 +22,7 @@
 /* Written by user space only, except spike_fired, which the kernel sets when it reports a crossing. */
 struct watch_config {
     u64 spike_threshold;  /* bytes of summed process RSS; 0: no spike detection */
-    u64 spike_fired;      /* 1 after a crossing was reported, until RSS falls below 7/8 of the threshold */
+    u64 spike_fired;      /* 1 once a crossing was reported; user space re-arms by rewriting the entry */
 };
 
 /* One layout for every event keeps the ring buffer and its decoder simple (see events.py). */

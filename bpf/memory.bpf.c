@@ -101,11 +101,8 @@ TRACEPOINT_PROBE(kmem, rss_stat)
     if (!config || config->spike_threshold == 0)
         return 0;
     s64 threshold = config->spike_threshold;
-    if (rss >= threshold) {
-        if (__sync_lock_test_and_set(&config->spike_fired, 1) == 0)
-            report_spike(mm, rss, threshold, own_mm && owner == cgroup_id);
-    } else if (config->spike_fired && rss < threshold - (s64)((u64)threshold >> 3)) {
-        config->spike_fired = 0; /* re-arm, with hysteresis against a storm at the threshold */
-    }
+    /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
+    if (rss >= threshold && __sync_lock_test_and_set(&config->spike_fired, 1) == 0)
+        report_spike(mm, rss, threshold, own_mm && owner == cgroup_id);
     return 0;
 }

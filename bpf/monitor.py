@@ -243,11 +243,13 @@ class BpfMonitor:
             return None, {unit: f"source unreadable: {unreadable}" for unit in units}
 
         def build(names: list[str]) -> Any:
+            failure: Exception | None = None
             with _captured_stderr() as stderr:
                 try:
-                    return bpf_class(text=compose_source(sources, names))
+                    return bpf_class(text=compose_source(sources, names).encode())
                 except Exception as refused:  # bcc raises bare Exception for compile errors
-                    raise _CompileError(_error_detail(refused, "".join(stderr))) from None
+                    failure = refused
+            raise _CompileError(_error_detail(failure, "".join(stderr)))
 
         try:
             return build(units), {}
@@ -268,22 +270,25 @@ class BpfMonitor:
             return None, {unit: f"compile failed: {rebuilt}" for unit in units}
 
     def _load(self, bcc: ModuleType, spec: ProgramSpec) -> ProgramStatus:
+        failure: Exception | None = None
         with _captured_stderr() as stderr:
             try:
                 if isinstance(spec.attach, SleepableLsm):
                     detail = self._load_sleepable_lsm(bcc, spec, spec.attach)
                 else:
-                    function = self._bpf.load_func(spec.attach.function, bcc.BPF.TRACEPOINT)
-                    self._bpf.attach_tracepoint(tp=f"{spec.attach.category}:{spec.attach.event}",
+                    function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.TRACEPOINT)
+                    self._bpf.attach_tracepoint(tp=f"{spec.attach.category}:{spec.attach.event}".encode(),
                                                 fn_name=function.name)
                     self._program_fds[spec.name] = function.fd
                     detail = f"attached to {spec.attach}"
             except Exception as refused:  # bcc raises bare Exception for load and attach errors
-                return ProgramStatus(spec.name, False, _error_detail(refused, "".join(stderr)))
+                failure = refused
+        if failure is not None:  # the captured text is complete only once the block has ended
+            return ProgramStatus(spec.name, False, _error_detail(failure, "".join(stderr)))
         return ProgramStatus(spec.name, True, detail)
 
     def _load_sleepable_lsm(self, bcc: ModuleType, spec: ProgramSpec, attach: SleepableLsm) -> str:
-        instructions = self._bpf.dump_func(attach.function)
+        instructions = self._bpf.dump_func(attach.function.encode())
         license_text = bcc.libbcc.lib.bpf_module_license(self._bpf.module)
         try:
             program_fd = kernel.load_sleepable_lsm(instructions, attach.hook, spec.name, license_text)
@@ -308,7 +313,7 @@ class BpfMonitor:
             self._stats_fd = kernel.enable_run_time_stats()
         except OSError as refused:
             log.warning("BPF run-time statistics unavailable (%s): program costs read as 0", refused)
-        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._bpf[b"events"].open_ring_buffer(self._on_record)
         self._stop.clear()
         self._poller = threading.Thread(target=self._poll, name="hostwarden-bpf-events", daemon=True)
         self._poller.start()
@@ -356,7 +361,7 @@ class BpfMonitor:
             raise BpfMonitorError("no BPF program is loaded: start() the monitor first (and check "
                                   "its program statuses)")
         try:
-            return self._bpf[name]
+            return self._bpf[name.encode()]
         except KeyError:
             raise BpfMonitorError(f"map {name} does not exist: the program owning it did not load") from None
 
@@ -382,7 +387,9 @@ class BpfMonitor:
                         table[key] = table.Leaf()
 
     def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
-        """Replace a watched cgroup's spike threshold (None: no spike detection) and re-arm it."""
+        """Replace a watched cgroup's spike threshold (None: no spike detection) and re-arm it.
+
+        A threshold reports one crossing; call this again to be told of the next one."""
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
         with self._lock:
