@@ -55,6 +55,8 @@ def emptied_latencies_ms(tree: CgroupTree, sandbox: str, count: int) -> list[flo
             tree.remove(call)
     finally:
         watcher.stop()
+    resolution_ms = time.get_clock_info("monotonic").resolution * 1000
     print(f"emptied-notification latency over {count} calls (SIGKILL -> callback): "
-          f"p50 {statistics.median(latencies):.3f} ms, max {max(latencies):.3f} ms")
+          f"p50 {statistics.median(latencies):.3f} ms, max {max(latencies):.3f} ms "
+          f"(clock resolution {resolution_ms:.3f} ms)")
     return latencies
