@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from hostwarden.policy.schema import PolicyError, load_policy_file
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 # Fetches the effective policy from the running daemon (GetPolicy); supplied by daemon/cli.py.
 DaemonPolicyFetcher = Callable[[], Mapping[str, Any]]
@@ -24,27 +27,38 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY_RE.fullmatch(key) else json.dumps(key)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, Mapping) for item in value)
+
+
 def _toml_table(lines: list[str], header: str, table: Mapping[str, Any], array: bool = False) -> None:
-    """Scalars first under the header, then sub-tables: the form TOML requires."""
-    scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping) or not v}
-    if header and (scalars or array or len(scalars) == len(table)):
+    """Plain values first under the header, then sub-tables, then arrays of tables: the order TOML needs."""
+    plain = {k: v for k, v in table.items() if not (isinstance(v, Mapping) and v) and not _is_table_array(v)}
+    if header and (plain or array or len(plain) == len(table)):
         lines.append(f"\n[[{header}]]" if array else f"\n[{header}]")
-    lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
+    lines.extend(f"{_toml_key(key)} = {_toml_value(value)}" for key, value in plain.items())
+    nested = {key: f"{header}.{_toml_key(key)}" if header else _toml_key(key) for key in table}
     for key, value in table.items():
-        if key not in scalars:
-            _toml_table(lines, f"{header}.{key}" if header else key, value)
+        if isinstance(value, Mapping) and value:
+            _toml_table(lines, nested[key], value)
+    for key, value in table.items():
+        if _is_table_array(value):
+            for item in value:
+                _toml_table(lines, nested[key], item, array=True)
 
 
 def effective_toml(effective: Mapping[str, Any]) -> str:
     """The effective policy (Policy.to_effective_dict()) as policy TOML that parses back to itself."""
-    lines: list[str] = ["# effective policy: every setting, defaults filled in (sizes in bytes, durations in s)"]
-    _toml_table(lines, "", {key: value for key, value in effective.items() if key != "rule"})
-    for rule in effective.get("rule", []):
-        _toml_table(lines, "rule", rule, array=True)
+    lines = ["# effective policy: every setting, defaults filled in (sizes in bytes, durations in seconds)"]
+    _toml_table(lines, "", effective)
     return "\n".join(lines) + "\n"
 
 

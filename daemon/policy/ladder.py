@@ -112,7 +112,7 @@ class LadderState:
     # Calls the ladder froze (only those does it thaw or kill; a freeze by integrity policy is not its own).
     frozen_at: Mapping[str, float] = field(default_factory=_frozen_map)
     # Calls the ladder throttled, with the memory.high it set (release restores the grant).
-    throttled_to: Mapping[str, float] = field(default_factory=_frozen_map)
+    throttled_to: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     killed: frozenset[str] = frozenset()
     seen_events: Mapping[str, MemoryEvents] = field(default_factory=lambda: MappingProxyType({}))
     host_pressure_since: float | None = None
@@ -130,7 +130,7 @@ class _Round:
         self.calls = {c.call_id: c for c in observations.calls if c.call_id not in state.killed}
         live = set(self.calls)
 
-        def keep(mapping: Mapping[str, float]) -> dict[str, float]:
+        def keep(mapping: Mapping[str, float]) -> dict[str, float]:  # forget calls that ended
             return {key: value for key, value in mapping.items() if key in live}
 
         self.previous = state
@@ -138,8 +138,9 @@ class _Round:
         self.stall_since = keep(state.stall_since)
         self.calm_since = keep(state.calm_since)
         self.frozen_at = keep(state.frozen_at)
-        self.throttled_to = keep(state.throttled_to)
-        self.killed = {call_id for call_id in state.killed if call_id in {c.call_id for c in observations.calls}}
+        self.throttled_to = {key: value for key, value in state.throttled_to.items() if key in live}
+        present = {c.call_id for c in observations.calls}
+        self.killed = state.killed & present  # a killed call lingers until its cgroup is gone
         self.decisions: list[Decision] = []
         total = max(observations.host_memory_total, 1)
         self.host_short = observations.host_memory_available < self.settings.host_short * total
@@ -149,7 +150,7 @@ class _Round:
     def is_frozen(self, call: CallObservation) -> bool:
         return call.frozen or (self.dry_run and call.call_id in self.frozen_at)
 
-    def memory_high(self, call: CallObservation) -> float:
+    def memory_high(self, call: CallObservation) -> int:
         if self.dry_run and call.call_id in self.throttled_to:
             return min(call.memory_high, self.throttled_to[call.call_id])
         return call.memory_high
@@ -372,7 +373,7 @@ def decide(policy: Policy, observations: Observations, state: LadderState,
         stall_since=_frozen_map(step.stall_since),
         calm_since=_frozen_map(step.calm_since),
         frozen_at=_frozen_map(step.frozen_at),
-        throttled_to=_frozen_map(step.throttled_to),
+        throttled_to=MappingProxyType(dict(step.throttled_to)),
         killed=frozenset(step.killed),
         seen_events=MappingProxyType({c.call_id: c.events for c in observations.calls}),
         host_pressure_since=step.host_pressure_since,
