@@ -140,7 +140,7 @@ class _Round:
         self.frozen_at = keep(state.frozen_at)
         self.throttled_to = {key: value for key, value in state.throttled_to.items() if key in live}
         present = {c.call_id for c in observations.calls}
-        self.killed = state.killed & present  # a killed call lingers until its cgroup is gone
+        self.killed = set(state.killed & present)  # a killed call lingers until its cgroup is gone
         self.decisions: list[Decision] = []
         total = max(observations.host_memory_total, 1)
         self.host_short = observations.host_memory_available < self.settings.host_short * total
