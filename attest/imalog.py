@@ -12,6 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_ASCII_LOG = Path("/sys/kernel/security/ima/ascii_runtime_measurements")
 TEMPLATES = ("ima-ng", "ima-sig", "ima-buf")
@@ -27,9 +28,10 @@ class LogFormat(enum.Enum):
     BINARY = "binary"
 
 
-@dataclass(frozen=True, slots=True)
-class ImaEntry:
-    """One measurement. `template_data` is the exact byte string IMA hashed and extended into the PCR."""
+class ImaEntry(NamedTuple):
+    """One measurement. `template_data` is the exact byte string IMA hashed and extended into the PCR.
+
+    A NamedTuple, not a dataclass: a log has up to 10^5 of them and creation cost is per entry."""
 
     index: int  # position in the whole log, 0-based
     pcr: int
@@ -57,16 +59,15 @@ class ImaLogError(Exception):
     """The log as a whole cannot be read (missing, unreadable, rewritten)."""
 
 
-def _field(data: bytes) -> bytes:
-    return struct.pack("<I", len(data)) + data
+_u32 = struct.Struct("<I").pack
 
 
 def template_data_for(template: str, digest_alg: str, digest: bytes, path: str, extra: bytes) -> bytes:
     """Serialise the fields the way the kernel does before hashing (d-ng, n-ng, then sig or buf)."""
-    parts = _field(digest_alg.encode() + b":\0" + digest) + _field(path.encode() + b"\0")
-    if template != "ima-ng":
-        parts += _field(extra)
-    return parts
+    alg = digest_alg.encode()
+    name = path.encode()
+    data = b"".join((_u32(len(alg) + 2 + len(digest)), alg, b":\0", digest, _u32(len(name) + 1), name, b"\0"))
+    return data if template == "ima-ng" else data + _u32(len(extra)) + extra
 
 
 def parse_ascii_line(index: int, line: str, where: str) -> ImaEntry | ImaParseError:
@@ -98,8 +99,9 @@ def parse_ascii_line(index: int, line: str, where: str) -> ImaEntry | ImaParseEr
         return bad("template hash, digest or signature/buffer is not valid hex")
     path = fields[1]
     data = template_data_for(template, digest_alg, digest, path, extra)
-    return ImaEntry(index, int(pcr_text), template_hash, template, digest_alg, digest.hex(), path,
-                    extra.hex(), data, line)
+    # The kernel prints lowercase hex; exec events are lowercased when recorded, so the join is exact.
+    return ImaEntry(index, int(pcr_text), template_hash, template, digest_alg, digest_hex, path, extra_hex,
+                    data, line)
 
 
 def ascii_line(pcr: int, template_hash: bytes, template: str, digest_alg: str, digest_hex: str, path: str,
@@ -194,19 +196,24 @@ class ImaLogReader:
             return []  # no complete line yet: the writer is mid-line
         self._offset += len(complete) + 1
         results: list[ImaEntry | ImaParseError] = []
-        for raw in complete.split(b"\n"):
+        try:
+            lines: list[str] | list[bytes] = complete.decode().split("\n")
+        except UnicodeDecodeError:
+            lines = complete.split(b"\n")  # decode line by line to name the bad ones
+        for raw in lines:
             self._line_number += 1
             if not raw:
                 continue
             index = self.entries_read
             self.entries_read += 1
             where = f"line {self._line_number}"
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                results.append(ImaParseError(index, where, "line is not valid UTF-8", repr(raw[:200])))
-                continue
-            results.append(parse_ascii_line(index, text, where))
+            if isinstance(raw, bytes):
+                try:
+                    raw = raw.decode()
+                except UnicodeDecodeError:
+                    results.append(ImaParseError(index, where, "line is not valid UTF-8", repr(raw[:200])))
+                    continue
+            results.append(parse_ascii_line(index, raw, where))
         return results
 
     def _parse_binary(self, chunk: bytes) -> list[ImaEntry | ImaParseError]:

@@ -2,8 +2,8 @@
 
 The aggregate follows the kernel (and keylime with a sha256 PCR bank): PCR10 = sha256(PCR10 || sha256(template
 data)) per entry, and an entry whose template hash is all zeros (a ToMToU / open-writers violation) extends
-0xff..ff. Aggregates at every point since the last verified quote are kept, so a PCR that matches an earlier
-point (entries appended to the log that the TPM never saw) can be told from one that matches no point.
+0xff..ff. When a quote does not match, the chain is replayed from the last verified point to tell a PCR that
+matches an earlier point (entries appended that the TPM never saw) from one that matches no point.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from hostwarden.attest.report import Reason, ReasonCode
 IMA_PCR = 10
 _ZERO_PCR = bytes(32)
 _VIOLATION_EXTEND = b"\xff" * 32
+_ZERO_TEMPLATE_HASHES = {size: bytes(size) for size in (20, 32, 48, 64)}
 
 
 class MeasurementLog:
@@ -27,8 +28,8 @@ class MeasurementLog:
         self.problems: dict[int, list[Reason]] = {}  # log-level faults by entry index (parse, hash, PCR)
         self.by_path_digest: dict[tuple[str, str], int] = {}  # latest entry for (path, digest hex)
         self.latest_by_path: dict[str, int] = {}
-        self._points: dict[bytes, int] = {_ZERO_PCR: 0}  # aggregate -> entry count, since last verified
         self.verified_count = 0
+        self._verified_aggregate = _ZERO_PCR
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -45,7 +46,6 @@ class MeasurementLog:
                 # keylime also skips an unparsable line in its running hash; the PCR then cannot match.
                 self.problems[index] = [Reason(ReasonCode.MALFORMED_ENTRY,
                                                f"IMA log {item.where}: {item.reason}: {item.text!r}")]
-                self._points[self.aggregate] = index + 1
                 continue
             self.entries.append(item)
             faults: list[Reason] = []
@@ -53,7 +53,7 @@ class MeasurementLog:
                 faults.append(Reason(ReasonCode.WRONG_PCR_INDEX,
                                      f"entry {index} ({item.path}) claims PCR {item.pcr}, IMA uses PCR {IMA_PCR}",
                                      path=item.path, expected=(str(IMA_PCR),), actual=str(item.pcr)))
-            if not any(item.template_hash):
+            if item.template_hash == _ZERO_TEMPLATE_HASHES.get(len(item.template_hash)):
                 self.aggregate = sha256(self.aggregate + _VIOLATION_EXTEND).digest()
                 faults.append(Reason(ReasonCode.IMA_VIOLATION,
                                      f"entry {index} ({item.path}) is an IMA violation (file changed while "
@@ -73,17 +73,29 @@ class MeasurementLog:
                 self.problems[index] = faults
             self.by_path_digest[(item.path, item.digest_hex)] = index
             self.latest_by_path[item.path] = index
-            self._points[self.aggregate] = index + 1
         return checkable
 
     def mark_verified(self) -> None:
         """The TPM vouched for the whole log as it is now; older points are no longer needed."""
         self.verified_count = len(self.entries)
-        self._points = {self.aggregate: self.verified_count}
+        self._verified_aggregate = self.aggregate
 
     def point_matching(self, pcr_value: bytes) -> int | None:
-        """How many entries the log had when its aggregate equalled `pcr_value`, if it ever did (lately)."""
-        return self._points.get(pcr_value)
+        """How many entries the log had when its aggregate equalled `pcr_value` (since the last verified
+        point), if it ever did. Replays the chain: called only when a quote does not match."""
+        value = self._verified_aggregate
+        if value == pcr_value:
+            return self.verified_count
+        for index in range(self.verified_count, len(self.entries)):
+            entry = self.entries[index]
+            if entry is None:
+                continue
+            extend = _VIOLATION_EXTEND if entry.template_hash == _ZERO_TEMPLATE_HASHES.get(
+                len(entry.template_hash)) else hashlib.sha256(entry.template_data).digest()
+            value = hashlib.sha256(value + extend).digest()
+            if value == pcr_value:
+                return index + 1
+        return None
 
     def lines_from(self, offset: int) -> list[str]:
         return [entry.line for entry in self.entries[offset:] if entry is not None]
