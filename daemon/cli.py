@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import grpc
+
 from hostwarden import capabilities
 from hostwarden.client import Client, read_token, socket_path, to_dict
 from hostwarden.policy.units import parse_duration, parse_size
@@ -62,7 +63,7 @@ def _parse_duration_option(ctx: click.Context, param: click.Parameter, value: st
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        return parse_duration(float(value) if value.replace(".", "", 1).isdigit() else value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+
 from hostwarden.config import DEFAULT_SOCKET
 from hostwarden.proto import warden_pb2 as pb
 from hostwarden.proto import warden_pb2_grpc as pb_grpc

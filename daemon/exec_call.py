@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
 from hostwarden.client import Client, to_dict
 from hostwarden.proto import warden_pb2 as pb
 

@@ -9,10 +9,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hostwarden import __version__
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from hostwarden import __version__
 
 MAX_TOOL_LABELS = 64
 _TOOL_CHARS = re.compile(r"[^a-z0-9_]+")

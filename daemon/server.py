@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from hostwarden import errors
 from hostwarden.cgroups import errors as cgroup_errors
 from hostwarden.policy.resolve import Intent

@@ -360,13 +360,13 @@ class Warden:
         try:
             call = self._call(principal, call_id)
         except FailedPrecondition:
-            # Finished already (its cgroup emptied first): record the exit code the caller saw.
-            if exit_code is None:
-                return self.get_call(principal, call_id)
-            summary = self.ledger.set_exit_code(call_id, exit_code)
-            assert summary is not None
-            return summary
-        return self._finish(call, "ended", exit_code, kill=True)
+            summary = self.get_call(principal, call_id)  # finished already, e.g. its cgroup emptied first
+        else:
+            summary = self._finish(call, "ended", exit_code, kill=True)
+        if exit_code is not None and summary.get("exit_code") is None:
+            # The cgroup emptied before the caller reported how its process ended: record what it saw.
+            summary = self.ledger.set_exit_code(call_id, exit_code) or summary
+        return summary
 
     def get_call(self, principal: Principal, call_id: str) -> dict[str, Any]:
         try:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from hostwarden.sdnotify import Notifier, notify_address, watchdog_interval
 
 
