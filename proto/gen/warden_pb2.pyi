@@ -22,7 +22,7 @@ PRIORITY_NORMAL: Priority
 PRIORITY_HIGH: Priority
 
 class Sandbox(_message.Message):
-    __slots__ = ("name", "labels", "priority", "cgroup_path", "created_at", "running_calls", "adopted")
+    __slots__ = ("name", "labels", "priority", "cgroup_path", "created_at", "running_calls", "adopted", "network")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Sandbox(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_CALLS_FIELD_NUMBER: _ClassVar[int]
     ADOPTED_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     priority: Priority
@@ -44,10 +45,11 @@ class Sandbox(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     running_calls: int
     adopted: bool
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[_Union[Priority, str]] = ..., cgroup_path: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_calls: _Optional[int] = ..., adopted: _Optional[bool] = ...) -> None: ...
+    network: str
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[_Union[Priority, str]] = ..., cgroup_path: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_calls: _Optional[int] = ..., adopted: _Optional[bool] = ..., network: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("name", "labels", "priority")
+    __slots__ = ("name", "labels", "priority", "network")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,10 +60,20 @@ class CreateSandboxRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     priority: Priority
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    network: str
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[_Union[Priority, str]] = ..., network: _Optional[str] = ...) -> None: ...
+
+class BindNetworkRequest(_message.Message):
+    __slots__ = ("sandbox", "network")
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    sandbox: str
+    network: str
+    def __init__(self, sandbox: _Optional[str] = ..., network: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxResponse(_message.Message):
     __slots__ = ("sandbox", "token")

@@ -54,6 +54,11 @@ class WardenStub:
                 request_serializer=hostwarden_dot_v1_dot_warden__pb2.ListSandboxesRequest.SerializeToString,
                 response_deserializer=hostwarden_dot_v1_dot_warden__pb2.ListSandboxesResponse.FromString,
                 _registered_method=True)
+        self.BindNetwork = channel.unary_unary(
+                '/hostwarden.v1.Warden/BindNetwork',
+                request_serializer=hostwarden_dot_v1_dot_warden__pb2.BindNetworkRequest.SerializeToString,
+                response_deserializer=hostwarden_dot_v1_dot_warden__pb2.Sandbox.FromString,
+                _registered_method=True)
         self.BeginToolCall = channel.unary_unary(
                 '/hostwarden.v1.Warden/BeginToolCall',
                 request_serializer=hostwarden_dot_v1_dot_warden__pb2.BeginToolCallRequest.SerializeToString,
@@ -148,6 +153,12 @@ class WardenServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSandboxes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindNetwork(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +270,11 @@ def add_WardenServicer_to_server(servicer, server):
                     servicer.ListSandboxes,
                     request_deserializer=hostwarden_dot_v1_dot_warden__pb2.ListSandboxesRequest.FromString,
                     response_serializer=hostwarden_dot_v1_dot_warden__pb2.ListSandboxesResponse.SerializeToString,
+            ),
+            'BindNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindNetwork,
+                    request_deserializer=hostwarden_dot_v1_dot_warden__pb2.BindNetworkRequest.FromString,
+                    response_serializer=hostwarden_dot_v1_dot_warden__pb2.Sandbox.SerializeToString,
             ),
             'BeginToolCall': grpc.unary_unary_rpc_method_handler(
                     servicer.BeginToolCall,
@@ -439,6 +455,33 @@ class Warden:
             '/hostwarden.v1.Warden/ListSandboxes',
             hostwarden_dot_v1_dot_warden__pb2.ListSandboxesRequest.SerializeToString,
             hostwarden_dot_v1_dot_warden__pb2.ListSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostwarden.v1.Warden/BindNetwork',
+            hostwarden_dot_v1_dot_warden__pb2.BindNetworkRequest.SerializeToString,
+            hostwarden_dot_v1_dot_warden__pb2.Sandbox.FromString,
             options,
             channel_credentials,
             insecure,
