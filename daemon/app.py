@@ -11,8 +11,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import start_http_server
 
@@ -30,11 +31,28 @@ from hostwarden.policy_runtime import PolicyRuntime
 from hostwarden.proto import warden_pb2 as pb
 from hostwarden.sdnotify import Notifier
 from hostwarden.server import GrpcServer
-from hostwarden.service import Principal, Warden
+from hostwarden.service import Observer, Principal, Warden
 
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL_S = 60.0
+
+
+class Part(Protocol):
+    """An optional part of the daemon (bpf monitor, energy, network, integrity, enforcement).
+
+    Built with the Daemon once its core exists; a part that is also a service.Observer is registered
+    for sandbox and call hooks. start() runs before the daemon adopts what it finds and serves; a part
+    the host cannot support reports that in the capabilities and keeps the daemon going.
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# Each returns the part, or None when the config turns it off.
+PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = ()
 
 
 class Daemon:
@@ -60,6 +78,8 @@ class Daemon:
         self.watcher = CgroupWatcher(on_emptied=self.warden.on_emptied)
         self.warden.watch_emptied = lambda path: self.watcher.watch(path, attached=True)
         self.warden.unwatch_emptied = self.watcher.unwatch
+        self.parts: list[Part] = [part for build in PART_BUILDERS if (part := build(self)) is not None]
+        self.warden.observers.extend(p for p in self.parts if isinstance(p, Observer))
         self.notifier = Notifier.from_environment()
         self.server: GrpcServer | None = None
         self.metrics_address = ""
@@ -147,6 +167,8 @@ class Daemon:
     def start(self) -> None:
         """Adopt what the cgroup tree and ledger hold, then serve the API and metrics."""
         self.watcher.start()
+        for part in self.parts:
+            part.start()
         self.warden.recover()
         self.warden.start()
         self._start_metrics()
@@ -183,6 +205,8 @@ class Daemon:
         if self.server is not None:
             self.server.stop(grace=5)
         self.bus.close_all()
+        for part in reversed(self.parts):
+            part.stop()
         self.warden.stop()
         self.watcher.stop()
         self.ledger.close()

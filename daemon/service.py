@@ -4,7 +4,7 @@ A tool call's life: `begin_call` resolves limits through the policy and creates 
 process is attached before it runs), the cgroup watcher reports when the cgroup empties, the deadline
 timer kills it at its timeout, and `_finish` writes one summary to the ledger, the event bus and the
 metrics, then removes the cgroup. Observers (bpf monitor, energy meter, network accountant) hook in at
-start and end through `CallObserver`.
+start and end through `Observer`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from hostwarden.cgroups.errors import CgroupError, InvalidName
+from hostwarden.cgroups.errors import CgroupBusy, CgroupError, InvalidName
 from hostwarden.cgroups.limits import Limits
 from hostwarden.cgroups.names import validate_name
 from hostwarden.cgroups.tree import CgroupTree
@@ -100,12 +100,24 @@ class RunningCall:
     claimed: bool = False  # set under the service lock by whichever path finishes the call
 
 
-class CallObserver(Protocol):
-    """A part that follows calls: it may add fields to the summary before the cgroup goes away."""
+class Observer:
+    """A part that follows sandboxes and calls (bpf monitor, energy meter, network accountant...).
 
-    def call_started(self, call: RunningCall) -> None: ...
+    Hooks run on the thread that changed the state and must be quick. `call_ending` runs before the
+    call's cgroup is removed and may add fields to the summary. Defaults do nothing.
+    """
 
-    def call_ending(self, call: RunningCall, summary: dict[str, Any]) -> None: ...
+    def sandbox_added(self, sandbox: Sandbox) -> None:
+        """Created, adopted, or found again at start-up."""
+
+    def sandbox_removed(self, sandbox: Sandbox) -> None:
+        """Deleted through the API."""
+
+    def call_started(self, call: RunningCall) -> None:
+        """Its cgroup exists; its process may not be attached yet."""
+
+    def call_ending(self, call: RunningCall, summary: dict[str, Any]) -> None:
+        """Its processes are gone or killed; its cgroup still exists."""
 
 
 # (sandbox, tool, intent, recent peaks of this tool in this sandbox) -> (cgroup limits, the policy's grant)
@@ -135,7 +147,7 @@ def _check_name(name: str, what: str) -> str:
 
 class Warden:
     def __init__(self, tree: CgroupTree, cgroup_mount: Path, ledger: Ledger, bus: EventBus, resolver: Resolver, *,
-                 observers: list[CallObserver] | None = None,
+                 observers: list[Observer] | None = None,
                  on_call_finished: Callable[[dict[str, Any]], None] | None = None,
                  on_action: Callable[[str, str], None] | None = None,
                  grace_seconds: float = 5.0) -> None:
@@ -162,6 +174,13 @@ class Warden:
         self.unwatch_emptied: Callable[[Path], None] = lambda _p: None
 
     # lifecycle
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:  # one broken part must not break the API or lose a call's summary
+                log.exception("%s.%s failed", type(observer).__name__, hook)
 
     def start(self) -> None:
         self._timer.start()
@@ -199,6 +218,7 @@ class Warden:
         self.ledger.add_sandbox(SandboxRow(name, sandbox.labels, priority, str(path), sandbox.token_sha256,
                                            adopted, sandbox.created_at))
         self.sandboxes[name] = sandbox
+        self._notify("sandbox_added", sandbox)
         self.bus.publish("sandbox_created" if not adopted else "sandbox_adopted",
                          f"sandbox {name} {'adopted from ' + str(path) if adopted else 'created'}", sandbox=name)
         return sandbox, token
@@ -247,11 +267,12 @@ class Warden:
         with self._lock:
             try:
                 self.tree.delete_sandbox(name, force=force)
-            except OSError as exc:
+            except CgroupBusy as exc:
                 raise FailedPrecondition(f"sandbox {name!r} still has processes ({exc}): delete with force to "
                                          "kill them") from exc
             self.ledger.delete_sandbox(name)
             del self.sandboxes[sandbox.name]
+        self._notify("sandbox_removed", sandbox)
         self.bus.publish("sandbox_deleted", f"sandbox {name} deleted", sandbox=name)
 
     def list_sandboxes(self, principal: Principal) -> list[Sandbox]:
@@ -302,8 +323,7 @@ class Warden:
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, call_id))
                 self._deadline_cond.notify()
-        for observer in self.observers:
-            observer.call_started(call)
+        self._notify("call_started", call)
         if pid:
             self._attach(call, pid)
         self.bus.publish("call_started", f"{tool} started in {sandbox.name}", sandbox=sandbox.name,
@@ -477,11 +497,7 @@ class Warden:
             "executables": [], "limits": call.granted, "net_rx_bytes": None, "net_tx_bytes": None,
             "net_source": "no network binding", "priority": call.priority,
         }
-        for observer in self.observers:
-            try:
-                observer.call_ending(call, summary)
-            except Exception:  # one broken observer must not lose the call's summary
-                log.exception("observer %r failed on call %s", observer, call.call_id)
+        self._notify("call_ending", call, summary)
         try:
             self.tree.remove(call.path)
         except CgroupError as exc:
@@ -513,6 +529,7 @@ class Warden:
                     path = self.tree.create_sandbox(row.name)
                 self.sandboxes[row.name] = Sandbox(row.name, row.labels, row.priority, path, row.token_sha256,
                                                    row.adopted, row.created_at)
+                self._notify("sandbox_added", self.sandboxes[row.name])
             for name, state in found.items():
                 if name not in self.sandboxes:
                     self._register_sandbox(name, {}, "normal", state.path, adopted=True)
