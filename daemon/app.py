@@ -196,8 +196,18 @@ class Daemon:
                 self.notifier.ready("reloaded")
             if time.monotonic() - last_reap > REAPER_INTERVAL_S:
                 last_reap = time.monotonic()
-                self.tree.reap_empty_calls(keep=[c.path for c in list(self.warden.calls.values())])
+                self.housekeeping()
         self.shutdown()
+
+    def housekeeping(self) -> None:
+        """Remove stray empty call cgroups (never a running call's, attached or not) and old ledger rows."""
+        reaped = self.tree.reap_empty_calls(keep=[c.path for c in list(self.warden.calls.values())])
+        if reaped:
+            log.info("reaped %d stray empty call cgroups", len(reaped))
+        removed = self.ledger.apply_retention(self.config.daemon.retention_days)
+        if removed:
+            log.info("ledger retention: removed %d calls older than %g days", removed,
+                     self.config.daemon.retention_days)
 
     def shutdown(self) -> None:
         """Stop serving; sandboxes and running calls keep running (they are adopted on the next start)."""
