@@ -170,3 +170,16 @@ def test_health_and_reflection(daemon):
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"hostwarden.v1.Warden", "grpc.health.v1.Health"} <= names
     channel.close()
+
+
+def test_housekeeping_reaps_strays_keeps_running_calls_and_applies_retention(daemon, admin, sleeper):
+    create(admin, "sb")
+    running = admin.call("BeginToolCall", pb.BeginToolCallRequest(sandbox="sb", tool="t"))  # not attached yet
+    stray = daemon.tree.root / "sb" / "calls" / "stray"
+    daemon.tree.fs.mkdir(stray)
+    daemon.ledger.begin_call("old", "sb", "t", "", "/x", 0.0, None, [])
+    daemon.ledger.finish_call("old", 1.0, {})
+    daemon.housekeeping()
+    assert not stray.exists()
+    assert daemon.tree.call_path("sb", running.call_id).is_dir()
+    assert daemon.ledger.get_call("old") is None
