@@ -5,7 +5,9 @@
 - attaching an LSM program (BPF_RAW_TRACEPOINT_OPEN with no name attaches by its BTF id),
 - BPF_ENABLE_STATS (run-time statistics held on while the returned fd is open, instead of
   flipping the system-wide kernel.bpf_stats_enabled sysctl),
-- a program's run_time_ns / run_cnt from /proc/self/fdinfo.
+- a program's run_time_ns / run_cnt from /proc/self/fdinfo,
+- the epoll fd of bcc's ring-buffer manager (a libbpf `struct ring_buffer`), so that the reader can
+  wait for records without consuming them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ctypes.util
 import os
 import platform
 from dataclasses import dataclass
+from functools import cache
 
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 
@@ -90,12 +93,17 @@ def _bpf(command: int, attr: ctypes.Structure) -> int:
     return int(result)
 
 
-def find_lsm_hook_btf_id(hook: str) -> int:
-    """The vmlinux BTF id of the BPF LSM attach point for `hook` (e.g. bprm_check_security)."""
+@cache
+def _libbpf() -> ctypes.CDLL:
     path = ctypes.util.find_library("bpf")
     if path is None:
-        raise BpfSyscallError(0, "libbpf not found (Debian package libbpf1) to look up BTF ids")
-    libbpf = ctypes.CDLL(path, use_errno=True)
+        raise BpfSyscallError(0, "libbpf not found (Debian package libbpf1)")
+    return ctypes.CDLL(path, use_errno=True)
+
+
+def find_lsm_hook_btf_id(hook: str) -> int:
+    """The vmlinux BTF id of the BPF LSM attach point for `hook` (e.g. bprm_check_security)."""
+    libbpf = _libbpf()
     libbpf.libbpf_find_vmlinux_btf_id.argtypes = [ctypes.c_char_p, ctypes.c_int]
     libbpf.libbpf_find_vmlinux_btf_id.restype = ctypes.c_int
     btf_id = libbpf.libbpf_find_vmlinux_btf_id(hook.encode(), _BPF_LSM_MAC)
@@ -141,6 +149,18 @@ def attach_lsm(program_fd: int) -> int:
 def enable_run_time_stats() -> int:
     """Turn on BPF run-time statistics for as long as the returned fd stays open."""
     return _bpf(_BPF_ENABLE_STATS, _EnableStatsAttr(type=_BPF_STATS_RUN_TIME))
+
+
+def ring_buffer_epoll_fd(manager: int) -> int:
+    """The epoll fd of a libbpf ring-buffer manager (bcc 0.26 links libbpf.so.1 and hands out its
+    `struct ring_buffer *`); readable when a record was submitted with a wake-up."""
+    libbpf = _libbpf()
+    libbpf.ring_buffer__epoll_fd.argtypes = [ctypes.c_void_p]
+    libbpf.ring_buffer__epoll_fd.restype = ctypes.c_int
+    fd = libbpf.ring_buffer__epoll_fd(ctypes.c_void_p(manager))
+    if fd < 0:
+        raise BpfSyscallError(-fd, f"ring_buffer__epoll_fd failed: {os.strerror(-fd)}")
+    return int(fd)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import platform
+import select
 import subprocess
 import tempfile
 import threading
@@ -156,9 +157,10 @@ class BpfMonitor:
 
     Threading: start() and stop() from one thread. Events are decoded on a background thread
     ("hostwarden-bpf-events") and passed to `on_event` there, in ring-buffer order: spike, OOM
-    and reclaim events at once, lifecycle and exec-digest events within 50 ms; on_event
-    must be quick (queue the event) since it holds up delivery of the next one. watch(),
-    unwatch(), set_threshold() and the readers may be called from any thread.
+    and reclaim events at once, lifecycle and exec-digest events within 50 ms, or at once on the
+    thread that calls flush(). One record is delivered at a time (never two calls of on_event
+    at once); on_event must be quick since it holds up delivery of the next one. watch(),
+    unwatch(), set_threshold(), flush() and the readers may be called from any thread.
     """
 
     def __init__(
@@ -182,6 +184,9 @@ class BpfMonitor:
         self._stats_fd: int | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._consume_lock = threading.Lock()  # libbpf's consumer position must not be advanced twice at once
+        self._ring_ready_fd: int | None = None
+        self._wake_pipe: tuple[int, int] | None = None
         self._undecodable = 0
 
     # ---- loading -------------------------------------------------------------------------
@@ -314,14 +319,32 @@ class BpfMonitor:
         except OSError as refused:
             log.warning("BPF run-time statistics unavailable (%s): program costs read as 0", refused)
         self._bpf[b"events"].open_ring_buffer(self._on_record)
+        # Wait on the ring's epoll fd ourselves (instead of bcc's ring_buffer_poll, which also
+        # consumes) so that consuming happens only under _consume_lock: flush() may then drain
+        # the ring from any thread without the poller delivering the same records twice.
+        self._ring_ready_fd = kernel.ring_buffer_epoll_fd(self._bpf._ringbuf_manager)
+        self._wake_pipe = os.pipe()
         self._stop.clear()
         self._poller = threading.Thread(target=self._poll, name="hostwarden-bpf-events", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
+        assert self._ring_ready_fd is not None and self._wake_pipe is not None
+        waiter = select.poll()
+        waiter.register(self._ring_ready_fd, select.POLLIN)
+        waiter.register(self._wake_pipe[0], select.POLLIN)
         while not self._stop.is_set():
-            self._bpf.ring_buffer_poll(timeout=_DRAIN_INTERVAL_MS)
-            self._bpf.ring_buffer_consume()
+            waiter.poll(_DRAIN_INTERVAL_MS)
+            self.flush()
+
+    def flush(self) -> None:
+        """Deliver every record submitted so far, on the calling thread, before returning.
+
+        Lifecycle records wait up to 50 ms for the periodic drain; a caller that needs them now
+        (e.g. the executables of a call that just ended) flushes."""
+        with self._consume_lock:
+            if self._bpf is not None and self._ring_ready_fd is not None:
+                self._bpf.ring_buffer_consume()
 
     def _on_record(self, _context: object, data: int, size: int) -> int:
         try:
@@ -340,8 +363,16 @@ class BpfMonitor:
         """Detach every program, stop delivery, close all kernel objects. Idempotent."""
         self._stop.set()
         if self._poller is not None:
+            assert self._wake_pipe is not None
+            os.write(self._wake_pipe[1], b"x")
             self._poller.join()
             self._poller = None
+        if self._wake_pipe is not None:
+            for fd in self._wake_pipe:
+                os.close(fd)
+            self._wake_pipe = None
+        with self._consume_lock:
+            self._ring_ready_fd = None  # owned by bcc's ring-buffer manager, freed by cleanup()
         for fd in self._lsm_fds:
             os.close(fd)
         self._lsm_fds.clear()
