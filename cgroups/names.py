@@ -26,6 +26,9 @@ def validate_name(name: str, what: str = "name") -> str:
         bad = next(c for c in name if not _ALLOWED.fullmatch(c))
         kind = "a control character" if ord(bad) < 32 or ord(bad) == 127 else f"{bad!r}"
         raise InvalidName(f"{what} {name!r} contains {kind}: use only letters, digits, '_', '.' and '-'")
+    if name.startswith("."):
+        # systemd creates hidden cgroups of its own (e.g. `.control` for ExecReload) in a delegated subtree.
+        raise InvalidName(f"{what} {name!r} starts with '.': such names are left to systemd; pick another")
     if _INTERFACE_PREFIX.match(name):
         raise InvalidName(f"{what} {name!r} looks like a cgroup interface file: do not start it with "
                           f"'{name.split('.', 1)[0]}.'")

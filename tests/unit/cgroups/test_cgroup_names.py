@@ -6,7 +6,7 @@ from hostwarden.cgroups.errors import InvalidName
 from hostwarden.cgroups.names import MAX_NAME_LENGTH, validate_name
 
 
-@pytest.mark.parametrize("name", ["a", "sandbox-1", "call_2.x", "A" * MAX_NAME_LENGTH, "..a", "memoryfoo"])
+@pytest.mark.parametrize("name", ["a", "sandbox-1", "call_2.x", "A" * MAX_NAME_LENGTH, "a..b", "memoryfoo"])
 def test_accepts_safe_names(name):
     assert validate_name(name) == name
 
@@ -27,6 +27,8 @@ def test_accepts_safe_names(name):
         ("naïve", "contains 'ï'"),
         ("memory.max", "interface file"),
         ("cgroup.procs", "interface file"),
+        (".control", "left to systemd"),
+        ("..a", "left to systemd"),
     ],
 )
 def test_refuses_unsafe_names_saying_why(name, message):
