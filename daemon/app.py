@@ -28,6 +28,7 @@ from hostwarden.events import EventBus
 from hostwarden.ledger import Ledger
 from hostwarden.metrics import Metrics
 from hostwarden.policy_runtime import PolicyRuntime
+from hostwarden.power.part import EnergyPart, build_energy
 from hostwarden.proto import warden_pb2 as pb
 from hostwarden.sdnotify import Notifier
 from hostwarden.server import GrpcServer
@@ -52,7 +53,7 @@ class Part(Protocol):
 
 
 # Each returns the part, or None when the config turns it off.
-PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = ()
+PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = (build_energy,)
 
 
 class Daemon:
@@ -95,6 +96,9 @@ class Daemon:
                          memory_source="memory.current" if usage.memory_current is not None else "unavailable",
                          cpu_seconds=(usage.cpu_usage_usec or 0) / 1e6, pids=usage.pids_current or 0,
                          energy_source="unavailable")
+        for part in self.parts:
+            if isinstance(part, EnergyPart) and (energy := part.sandbox_energy(sandbox.name)) is not None:
+                reply.energy_joules, reply.energy_source = energy
         if usage.psi.get("memory") is not None:
             reply.memory_pressure_some_avg10 = usage.psi["memory"].some.avg10
         if usage.psi.get("cpu") is not None:

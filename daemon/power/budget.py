@@ -162,6 +162,24 @@ def decide(budget: PowerBudget, state: BudgetState, now: float, power_watts: flo
     return replace(state, above_since=None, below_since=None), []
 
 
+def release_all(state: BudgetState, reason: str) -> tuple[BudgetState, list[BudgetAction]]:
+    """Lift every throttle at once (the policy no longer sets a budget); the state starts afresh."""
+    actions = [BudgetAction(name, "release", reason, {"cpu_cores_granted": cores}, f"max {CPU_MAX_PERIOD_US}")
+               for name, cores in sorted(state.throttled.items())]
+    return BudgetState(), actions
+
+
+def parse_cpu_max(text: str) -> float | None:
+    """cpu.max text ("50000 100000", "max 100000") -> cores granted, None for no limit."""
+    quota, _, period = text.strip().partition(" ")
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period or CPU_MAX_PERIOD_US)
+    except ValueError as exc:
+        raise PowerError(f"bad cpu.max {text.strip()!r}: expected '<quota> <period>' or 'max <period>'") from exc
+
+
 class CpuMaxActuator(Protocol):
     def set_cpu_max(self, sandbox: str, value: str) -> None: ...
 

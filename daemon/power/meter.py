@@ -265,6 +265,16 @@ class EnergyMeter:
                 cpu = self._cpu_usage.cgroup_cpu_seconds(cgroup)
                 self._sandboxes[name] = _Sandbox(cgroup, cpu, cpu_history=deque([(self._clock(), cpu)]))
 
+    def sandbox_energy(self, name: str) -> tuple[float, EnergySourceKind] | None:
+        """A tracked sandbox's joules so far (CPU and GPU) and their label: `estimated` when any CPU part came
+        from the model. None when the sandbox is not tracked."""
+        with self._lock:
+            sandbox = self._sandboxes.get(name)
+            if sandbox is None:
+                return None
+            estimated = self._cpu_source.kind == "estimated" and sandbox.cpu_joules > 0
+            return sandbox.cpu_joules + sandbox.gpu_joules, "estimated" if estimated else "measured"
+
     def forget_sandbox(self, name: str) -> None:
         """Drop a deleted sandbox, so its metric series go away."""
         with self._lock:
