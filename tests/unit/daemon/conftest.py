@@ -16,13 +16,13 @@ from hostwarden.proto import warden_pb2 as pb
 from tests.unit.cgroups.fakefs import FakeCgroupFs
 
 
-def make_daemon(tmp_path: Path, *, policy: str | None = None, queue: int = 1024) -> Daemon:
+def make_daemon(tmp_path: Path, *, policy: str | None = None, queue: int = 1024, **daemon_keys: object) -> Daemon:
     fs = FakeCgroupFs(tmp_path / "cgroup" / "hostwarden")
     policy_path = tmp_path / "policy.toml"
     if policy is not None:
         policy_path.write_text(policy)
     config = Config(daemon=DaemonConfig(socket=str(tmp_path / "hw.sock"), state_dir=tmp_path / "state",
-                                        policy=policy_path, event_queue_size=queue),
+                                        policy=policy_path, event_queue_size=queue, **daemon_keys),
                     metrics=MetricsConfig(address="127.0.0.1:0"))
     return Daemon(config, tree=CgroupTree(fs.root, fs), cgroup_mount=tmp_path / "cgroup")
 
