@@ -38,14 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checked_shares(shares: list[Path]) -> list[Path]:
+def _checked_shares(parser: argparse.ArgumentParser, shares: list[Path]) -> list[Path]:
     checked = []
     for share in shares:
         resolved = share.resolve()
         if not resolved.is_dir():
-            raise SystemExit(f"tests/vm/run: --share {share}: not a directory on this host")
+            parser.error(f"--share {share}: not a directory on this host")
         if "\n" in str(resolved) or resolved == Path("/"):
-            raise SystemExit(f"tests/vm/run: --share {share}: pick a directory below / without newlines")
+            parser.error(f"--share {share}: pick a directory below / whose path has no newline")
         checked.append(resolved)
     return checked
 
@@ -56,15 +56,17 @@ def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.timeout <= 0 or args.memory < 256 or args.cpus < 1:
-        raise SystemExit("tests/vm/run: --timeout must be > 0, --memory >= 256, --cpus >= 1")
+        parser.error("--timeout must be > 0, --memory >= 256, --cpus >= 1")
+    shares = _checked_shares(parser, args.share)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
     try:
         kernel = find_kernel()
         config = VmConfig(boot=boot_files(kernel, CACHE_DIR), initramfs=build(kernel, CACHE_DIR),
-                          workdir=REPO_ROOT, command=args.command, shares=_checked_shares(args.share),
+                          workdir=REPO_ROOT, command=args.command, shares=shares,
                           memory_mb=args.memory, cpus=args.cpus, timeout_s=args.timeout, accel=args.accel,
                           show_console=args.console)
         result = boot(config)
