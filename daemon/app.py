@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from hostwarden.cgroups.notify import CgroupWatcher
 from hostwarden.cgroups.root import discover_root
 from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.cgroups.usage import read_usage
-from hostwarden.config import Config
+from hostwarden.config import Config, ConfigError, DaemonConfig, load_config
 from hostwarden.errors import Unavailable
 from hostwarden.events import EventBus
 from hostwarden.ledger import Ledger
@@ -74,8 +75,7 @@ class Daemon:
         self.policy = PolicyRuntime(config.daemon.policy, self.bus)
         self.metrics = Metrics(self._metrics_snapshot)
         self.warden = Warden(self.tree, cgroup_mount, self.ledger, self.bus, self.policy.resolve,
-                             on_call_finished=self.metrics.call_finished, on_action=self.metrics.action,
-                             grace_seconds=config.daemon.call_grace_seconds)
+                             on_call_finished=self.metrics.call_finished, on_action=self.metrics.action)
         self.watcher = CgroupWatcher(on_emptied=self.warden.on_emptied)
         self.warden.watch_emptied = lambda path: self.watcher.watch(path, attached=True)
         self.warden.unwatch_emptied = self.watcher.unwatch
@@ -176,7 +176,14 @@ class Daemon:
         self.warden.recover()
         self.warden.start()
         self._start_metrics()
-        self.server = GrpcServer(self, Path(self.config.daemon.socket), self.config.daemon.socket_group)
+        daemon_config = self.config.daemon
+        tls = None
+        if daemon_config.tcp_address:
+            assert daemon_config.tls_key and daemon_config.tls_cert and daemon_config.tls_client_ca  # config checked
+            tls = (daemon_config.tls_key.read_bytes(), daemon_config.tls_cert.read_bytes(),
+                   daemon_config.tls_client_ca.read_bytes())
+        self.server = GrpcServer(self, Path(daemon_config.socket), daemon_config.socket_group,
+                                 tcp_address=daemon_config.tcp_address, tls=tls)
         self.server.start()
         self.bus.publish("daemon_started", f"hostwarden {__version__} serving on {self.config.daemon.socket}")
         log.info("serving on %s (cgroup root %s)", self.config.daemon.socket, self.root)
@@ -196,12 +203,34 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.notifier.reloading()
+                self.reload_config()
                 self.policy.reload()
                 self.notifier.ready("reloaded")
             if time.monotonic() - last_reap > REAPER_INTERVAL_S:
                 last_reap = time.monotonic()
                 self.housekeeping()
         self.shutdown()
+
+    def reload_config(self) -> None:
+        """SIGHUP: re-read the config file; apply what can change live, log what needs a restart."""
+        if self.config.source == Config().source:
+            return
+        try:
+            new = load_config(Path(self.config.source))
+        except ConfigError as exc:
+            log.error("config reload refused, the running config stays: %s", exc)
+            self.bus.publish("config_rejected", f"config reload refused: {exc}")
+            return
+        if new.daemon.retention_days != self.config.daemon.retention_days:
+            log.info("retention_days now %g", new.daemon.retention_days)
+        restart = [name for name in ("metrics", "bpf", "power", "attest")
+                   if getattr(new, name) != getattr(self.config, name)]
+        restart += [f"daemon.{key}" for key in DaemonConfig.__dataclass_fields__
+                    if key != "retention_days" and getattr(new.daemon, key) != getattr(self.config.daemon, key)]
+        if restart:
+            log.warning("config changes that take effect at the next start: %s", ", ".join(restart))
+        self.config = replace(self.config, daemon=replace(self.config.daemon,
+                                                          retention_days=new.daemon.retention_days))
 
     def housekeeping(self) -> None:
         """Remove stray empty call cgroups (never a running call's, attached or not) and old ledger rows."""

@@ -25,7 +25,6 @@ class DaemonConfig:
     policy: Path = Path("/etc/hostwarden/policy.toml")
     event_queue_size: int = 1024
     retention_days: float = 30.0
-    call_grace_seconds: float = 5.0  # how long EndToolCall waits for a still-running call before killing it
     tcp_address: str | None = None  # optional "host:port", only with mTLS
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -149,8 +149,7 @@ class Warden:
     def __init__(self, tree: CgroupTree, cgroup_mount: Path, ledger: Ledger, bus: EventBus, resolver: Resolver, *,
                  observers: list[Observer] | None = None,
                  on_call_finished: Callable[[dict[str, Any]], None] | None = None,
-                 on_action: Callable[[str, str], None] | None = None,
-                 grace_seconds: float = 5.0) -> None:
+                 on_action: Callable[[str, str], None] | None = None) -> None:
         self.tree = tree
         self.cgroup_mount = cgroup_mount
         self.ledger = ledger
@@ -159,7 +158,6 @@ class Warden:
         self.observers = observers or []
         self._on_call_finished = on_call_finished
         self._on_action = on_action
-        self._grace = grace_seconds
         self._lock = threading.RLock()
         self.sandboxes: dict[str, Sandbox] = {}
         self.calls: dict[str, RunningCall] = {}
