@@ -28,12 +28,13 @@ from hostwarden.client import Client
 from hostwarden.proto import warden_pb2 as pb
 
 
-def start_daemon(workdir: Path, cgroup_root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_daemon(workdir: Path, cgroup_root: Path, *, bpf: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """A daemon process of its own (socket, state, cgroup root); bpf off unless asked, as in the baseline."""
     socket = str(workdir / "hw.sock")
     config = workdir / "hostwarden.toml"
     config.write_text(f'[daemon]\nsocket = "{socket}"\nstate_dir = "{workdir / "state"}"\n'
                       f'cgroup_root = "{cgroup_root}"\npolicy = "{workdir / "policy.toml"}"\n'
-                      '[metrics]\naddress = ""\n[bpf]\nenabled = false\n')
+                      f'[metrics]\naddress = ""\n[bpf]\nenabled = {str(bpf).lower()}\n')
     log = (workdir / "daemon.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "hostwarden", "daemon", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT)
