@@ -24,16 +24,19 @@ from hostwarden.cgroups.root import discover_root
 from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.cgroups.usage import read_usage
 from hostwarden.config import Config, ConfigError, DaemonConfig, load_config
+from hostwarden.enforcement import build_enforcement
 from hostwarden.errors import Unavailable
 from hostwarden.events import EventBus
 from hostwarden.ledger import Ledger
 from hostwarden.metrics import Metrics
+from hostwarden.monitor import build_monitor
+from hostwarden.network.part import NetworkPart, build_network
 from hostwarden.policy_runtime import PolicyRuntime
 from hostwarden.power.part import EnergyPart, build_energy
 from hostwarden.proto import warden_pb2 as pb
 from hostwarden.sdnotify import Notifier
 from hostwarden.server import GrpcServer
-from hostwarden.service import Observer, Principal, Warden
+from hostwarden.service import Observer, Principal, Sandbox, Warden
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class Part(Protocol):
 
 
 # Each returns the part, or None when the config turns it off.
-PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = (build_energy,)
+PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = (build_monitor, build_energy, build_enforcement, build_network)
 
 
 class Daemon:
@@ -99,6 +102,8 @@ class Daemon:
         for part in self.parts:
             if isinstance(part, EnergyPart) and (energy := part.sandbox_energy(sandbox.name)) is not None:
                 reply.energy_joules, reply.energy_source = energy
+            if isinstance(part, NetworkPart) and (traffic := part.traffic(sandbox.name)) is not None:
+                reply.net_rx_bytes, reply.net_tx_bytes = traffic.rx_bytes, traffic.tx_bytes
         if usage.psi.get("memory") is not None:
             reply.memory_pressure_some_avg10 = usage.psi["memory"].some.avg10
         if usage.psi.get("cpu") is not None:
@@ -118,6 +123,24 @@ class Daemon:
             return self.tree.fs.read_keyed(path / "cgroup.events").get("frozen") == 1
         except OSError:
             return False
+
+    def _network(self) -> NetworkPart:
+        part = next((p for p in self.parts if isinstance(p, NetworkPart)), None)
+        if part is None:
+            raise Unavailable("network accounting is not running on this daemon")
+        return part
+
+    def create_sandbox(self, principal: Principal, name: str, labels: dict[str, str], priority: str,
+                       network: str) -> tuple[Sandbox, str]:
+        if not network:
+            return self.warden.create_sandbox(principal, name, labels, priority)
+        return self._network().create_sandbox(principal, name, labels, priority, network)
+
+    def bind_network(self, principal: Principal, sandbox: str, network: str) -> Sandbox:
+        return self._network().bind(principal, sandbox, network)
+
+    def network_spec(self, sandbox: str) -> str:
+        return next((p.spec_of(sandbox) for p in self.parts if isinstance(p, NetworkPart)), "")
 
     def policy_document(self) -> pb.PolicyDocument:
         return self.policy.document()
