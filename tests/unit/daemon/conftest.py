@@ -11,7 +11,7 @@ import pytest
 from hostwarden.app import Daemon
 from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.client import Client
-from hostwarden.config import Config, DaemonConfig, MetricsConfig
+from hostwarden.config import BpfConfig, Config, DaemonConfig, MetricsConfig
 from hostwarden.proto import warden_pb2 as pb
 from tests.unit.cgroups.fakefs import FakeCgroupFs
 
@@ -23,7 +23,8 @@ def make_daemon(tmp_path: Path, *, policy: str | None = None, queue: int = 1024,
         policy_path.write_text(policy)
     config = Config(daemon=DaemonConfig(socket=str(tmp_path / "hw.sock"), state_dir=tmp_path / "state",
                                         policy=policy_path, event_queue_size=queue, **daemon_keys),
-                    metrics=MetricsConfig(address="127.0.0.1:0"))
+                    metrics=MetricsConfig(address="127.0.0.1:0"),
+                    bpf=BpfConfig(enabled=False))  # the unit tier loads no eBPF; tests/unit/monitor fakes it
     return Daemon(config, tree=CgroupTree(fs.root, fs), cgroup_mount=tmp_path / "cgroup")
 
 
