@@ -14,6 +14,7 @@ import grpc
 
 from hostwarden import capabilities
 from hostwarden.client import Client, read_token, socket_path, to_dict
+from hostwarden.policy.cli import policy_group
 from hostwarden.policy.units import parse_duration, parse_size
 from hostwarden.proto import warden_pb2 as pb
 
@@ -126,6 +127,7 @@ def status(socket_opt: str | None, as_json: bool) -> None:
     if d["running"]:
         click.echo(f"daemon: up {d['uptime_seconds']:.0f}s, {d['sandboxes']} sandboxes, {d['running_calls']} "
                    f"running calls, root {d['cgroup_root']}, metrics {d['metrics_address'] or 'off'}")
+        click.echo(f"policy: {d['policy_source']}")
     else:
         click.echo(f"daemon: not running ({d['detail']})")
 
@@ -157,15 +159,32 @@ def _print_sandbox_reply(reply: pb.CreateSandboxResponse, as_json: bool) -> None
 @click.argument("name")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--priority", type=click.Choice(list(PRIORITY_CHOICES)), default="normal")
+@click.option("--network", default="", metavar="SPEC",
+              help="Network binding: netns:NAME, netns-path:PATH, pid:PID, interface:IF[@NETNS] or host.")
 @socket_option
 @json_option
-def sandbox_create(name: str, labels: tuple[str, ...], priority: str, socket_opt: str | None,
+def sandbox_create(name: str, labels: tuple[str, ...], priority: str, network: str, socket_opt: str | None,
                    as_json: bool) -> None:
     """Create sandbox NAME (prints its token with --json)."""
     with _client(socket_opt) as client:
         reply = _rpc(client, "CreateSandbox", pb.CreateSandboxRequest(
-            name=name, labels=_labels(labels), priority=PRIORITY_CHOICES[priority]))
+            name=name, labels=_labels(labels), priority=PRIORITY_CHOICES[priority], network=network))
     _print_sandbox_reply(reply, as_json)
+
+
+@sandbox.command("bind")
+@click.argument("name")
+@click.argument("spec")
+@socket_option
+@json_option
+def sandbox_bind(name: str, spec: str, socket_opt: str | None, as_json: bool) -> None:
+    """Bind sandbox NAME's network accounting and egress limit to SPEC ("" unbinds; see docs/network.md)."""
+    with _client(socket_opt) as client:
+        reply = _rpc(client, "BindNetwork", pb.BindNetworkRequest(sandbox=name, network=spec))
+    if as_json:
+        _echo_json(to_dict(reply))
+    else:
+        click.echo(f"sandbox {reply.name}: network {reply.network or 'unbound'}")
 
 
 @sandbox.command("adopt")
@@ -273,6 +292,30 @@ def calls(socket_opt: str | None, token_file: Path | None, sandbox_name: str, si
                  ("CALL", "SANDBOX", "TOOL", "STATE", "END", "EXIT", "SECONDS", "PEAK_MIB", "CPU_S", "JOULES"))
 
 
+class _NetRates:
+    """Network rates from two successive GetUsage readings (the daemon exports cumulative counts only)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int, int]] = {}
+        self._rates: dict[str, tuple[float, float]] = {}
+
+    def update(self, usages: list[pb.Usage]) -> None:
+        now, last, self._last, self._rates = time.monotonic(), self._last, {}, {}
+        for u in usages:
+            if not u.HasField("net_rx_bytes"):
+                continue  # no binding, or it shares the host network
+            self._last[u.sandbox] = (now, u.net_rx_bytes, u.net_tx_bytes)
+            if u.sandbox in last and now > last[u.sandbox][0]:
+                then, rx, tx = last[u.sandbox]
+                self._rates[u.sandbox] = ((u.net_rx_bytes - rx) * 8 / (now - then) / 1e3,
+                                          (u.net_tx_bytes - tx) * 8 / (now - then) / 1e3)
+
+    def columns(self, sandbox: str) -> tuple[str, str]:
+        if sandbox in self._rates:
+            return f"{self._rates[sandbox][0]:.1f}", f"{self._rates[sandbox][1]:.1f}"
+        return ("..." if sandbox in self._last else "-"), ("..." if sandbox in self._last else "-")
+
+
 @main.command()
 @socket_option
 @click.option("--interval", type=float, default=1.0, help="Refresh interval in seconds.")
@@ -280,10 +323,12 @@ def calls(socket_opt: str | None, token_file: Path | None, sandbox_name: str, si
 @json_option
 def top(socket_opt: str | None, interval: float, once: bool, as_json: bool) -> None:
     """Live table of sandboxes and their running calls."""
+    net_rate = _NetRates()
     with _client(socket_opt) as client:
         while True:
             sandboxes = _rpc(client, "ListSandboxes", pb.ListSandboxesRequest()).sandboxes
             usages = [_rpc(client, "GetUsage", pb.GetUsageRequest(sandbox=s.name)) for s in sandboxes]
+            net_rate.update(usages)
             if as_json:
                 _echo_json([to_dict(u) for u in usages])
             else:
@@ -293,11 +338,41 @@ def top(socket_opt: str | None, interval: float, once: bool, as_json: bool) -> N
                 rows: list[tuple[Any, ...]] = []
                 for u in usages:
                     rows.append((u.sandbox, "", f"{u.memory_current_bytes / 2**20:.1f}", f"{u.cpu_seconds:.2f}",
-                                 f"{u.memory_pressure_some_avg10:.2f}", ""))
+                                 f"{u.memory_pressure_some_avg10:.2f}", *net_rate.columns(u.sandbox), ""))
                     rows.extend(("", f"{c.tool[:20]} {c.call_id[:8]}", f"{c.memory_current_bytes / 2**20:.1f}",
-                                 f"{c.cpu_seconds:.2f}", "", f"{c.elapsed_seconds:.1f}s"
+                                 f"{c.cpu_seconds:.2f}", "", "", "", f"{c.elapsed_seconds:.1f}s"
                                  + (" frozen" if c.frozen else "")) for c in u.calls)
-                _print_table(rows, ("SANDBOX", "CALL", "MEM_MIB", "CPU_S", "PSI_MEM10", "ELAPSED"))
+                _print_table(rows, ("SANDBOX", "CALL", "MEM_MIB", "CPU_S", "PSI_MEM10", "RX_KBIT/S", "TX_KBIT/S",
+                                    "ELAPSED"))
             if once or as_json:
                 return
             time.sleep(interval)
+
+
+def _daemon_policy() -> dict[str, Any]:
+    """GetPolicy: the running daemon's effective policy (for `policy show` without --file)."""
+    with _client(None) as client:
+        document = _rpc(client, "GetPolicy", pb.GetPolicyRequest())
+    effective: dict[str, Any] = json.loads(document.effective_json)
+    return effective
+
+
+policy = policy_group(_daemon_policy)
+main.add_command(policy)
+
+
+@policy.command("set")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@socket_option
+def policy_set(file: Path, socket_opt: str | None) -> None:
+    """Replace the running daemon's policy with FILE (SetPolicy); on errors print each and change nothing."""
+    text = file.read_text()
+    with _client(socket_opt) as client:
+        check = _rpc(client, "ValidatePolicy", pb.ValidatePolicyRequest(toml=text))
+        if not check.valid:
+            for error in check.errors:
+                click.echo(f"{file}:{error.line}: {error.key}: {error.message}", err=True)
+            click.echo(f"{file}: rejected; the running policy stays", err=True)
+            sys.exit(1)
+        document = _rpc(client, "SetPolicy", pb.SetPolicyRequest(toml=text))
+    click.echo(f"{file}: in force (source: {document.source})")

@@ -1,0 +1,3 @@
+from tests.unit.daemon.conftest import daemon
+
+__all__ = ["daemon"]
