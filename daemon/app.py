@@ -57,7 +57,8 @@ class Part(Protocol):
 
 
 # Each returns the part, or None when the config turns it off.
-PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = (build_monitor, build_energy, build_enforcement, build_network)
+PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = (build_monitor, build_energy, build_enforcement,
+                                                                build_network)
 
 
 class Daemon:

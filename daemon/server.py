@@ -132,14 +132,19 @@ class WardenServicer(pb_grpc.WardenServicer):
     def _sandbox_msg(self, sandbox: Any) -> pb.Sandbox:
         return pb.Sandbox(name=sandbox.name, labels=sandbox.labels, priority=PRIORITY_VALUES[sandbox.priority],
                           cgroup_path=str(sandbox.path), created_at=timestamp(sandbox.created_at),
-                          running_calls=self.d.warden.running_calls_of(sandbox.name), adopted=sandbox.adopted)
+                          running_calls=self.d.warden.running_calls_of(sandbox.name), adopted=sandbox.adopted,
+                          network=self.d.network_spec(sandbox.name))
 
     @_abort_on_error
     def CreateSandbox(self, request: pb.CreateSandboxRequest, context: grpc.ServicerContext) -> Any:
         priority = priority_name(request.priority, "priority") or "normal"
-        sandbox, token = self.d.warden.create_sandbox(self._principal(context), request.name,
-                                                      dict(request.labels), priority)
+        sandbox, token = self.d.create_sandbox(self._principal(context), request.name, dict(request.labels),
+                                               priority, request.network)
         return pb.CreateSandboxResponse(sandbox=self._sandbox_msg(sandbox), token=token)
+
+    @_abort_on_error
+    def BindNetwork(self, request: pb.BindNetworkRequest, context: grpc.ServicerContext) -> Any:
+        return self._sandbox_msg(self.d.bind_network(self._principal(context), request.sandbox, request.network))
 
     @_abort_on_error
     def AdoptSandbox(self, request: pb.AdoptSandboxRequest, context: grpc.ServicerContext) -> Any:

@@ -24,6 +24,10 @@ class NetBindingError(ValueError):
     """A binding that cannot be made; the message says what is wrong and what to do."""
 
 
+class NetTargetNotFound(NetBindingError):
+    """The spec is well formed but names a namespace, process or interface that does not exist."""
+
+
 class BindingKind(enum.Enum):
     INTERFACE = "interface"  # the host side of the sandbox's link (veth, tap): counters seen from outside
     NAMESPACE = "namespace"  # the sandbox's own network namespace: counters seen from inside
@@ -73,6 +77,32 @@ class NetBinding:
         where = f" in {self.netns.label}" if self.netns is not None else ""
         return f"interface {self.interface!r} (ifindex {self.ifindex}){where}"
 
+    def spec(self) -> str:
+        """The binding as `parse_binding` text, for the API and CLI (a discovered one included)."""
+        if self.kind is BindingKind.HOST_NETWORK:
+            return "host"
+        assert self.netns is not None or self.kind is BindingKind.INTERFACE
+        namespace = ""
+        if self.netns is not None:
+            path = Path(self.netns.path)
+            if path.parent == NETNS_RUN_DIR:
+                namespace = f"netns:{path.name}"
+            elif path.parent.parent.parent == PROC and path.parent.parent.name.isdigit():
+                namespace = f"pid:{path.parent.parent.name}"
+            else:
+                namespace = f"netns-path:{path}"
+        if self.kind is BindingKind.NAMESPACE:
+            return namespace
+        return f"interface:{self.interface}" + (f"@{namespace.removeprefix('netns:')}" if namespace else "")
+
+    def same_network(self, other: NetBinding | None) -> bool:
+        """Whether `other` counts the same traffic (same kind, namespace identity and link), however named."""
+        if other is None or other.kind is not self.kind or other.ifindex != self.ifindex:
+            return False
+        if self.netns is None or other.netns is None:
+            return self.netns is other.netns
+        return (self.netns.device, self.netns.inode) == (other.netns.device, other.netns.inode)
+
 
 # (netns or None, name or index) -> (ifindex, name); raises LookupError when there is no such link.
 LinkResolver = Callable[[NetnsRef | None, str | int], tuple[int, str]]
@@ -82,7 +112,7 @@ def _identity(path: Path, label: str, what_to_do: str) -> NetnsRef:
     try:
         status = os.stat(path)
     except FileNotFoundError as error:
-        raise NetBindingError(f"{label} does not exist ({path}); {what_to_do}") from error
+        raise NetTargetNotFound(f"{label} does not exist ({path}); {what_to_do}") from error
     except OSError as error:
         raise NetBindingError(f"{label} cannot be read ({path}: {error.strerror})") from error
     return NetnsRef(path=str(path), device=status.st_dev, inode=status.st_ino, label=label)
@@ -168,7 +198,7 @@ def bind_interface(interface: str | int, resolve_link: LinkResolver, *, netns: N
     try:
         ifindex, name = resolve_link(netns, interface)
     except LookupError as error:
-        raise NetBindingError(
+        raise NetTargetNotFound(
             f"no interface {interface!r} in {where}; give the host side of the sandbox's veth"
         ) from error
     except OSError as error:

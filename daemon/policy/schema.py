@@ -16,6 +16,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from hostwarden.network.policy import NetworkPolicy, NetworkPolicyError
 from hostwarden.policy.locate import KeyLines, KeyPath, format_path
 from hostwarden.policy.units import format_size, parse_duration, parse_size
 from hostwarden.power.budget import PowerBudget
@@ -202,6 +203,7 @@ class Policy:
     auto: Auto = Auto()
     attest: Attest = Attest()
     power: PowerBudget | None = None  # node power budget ([power], validated by hostwarden.power)
+    network: NetworkPolicy | None = None  # egress limits ([network], validated by hostwarden.network)
 
     def rule_for(self, sandbox: SandboxInfo, tool: str) -> Rule | None:
         """The first rule, in file order, whose match holds."""
@@ -218,6 +220,7 @@ class Policy:
             "auto": _plain(self.auto),
             "attest": _plain(self.attest),
             "power": _plain(self.power) if self.power is not None else {},
+            "network": self.network.to_mapping() if self.network is not None else {},
             "rule": [_rule_dict(rule) for rule in self.rules],
         }
 
@@ -481,6 +484,18 @@ def _read_power(issues: _Issues, table: _Table) -> PowerBudget | None:
         return None
 
 
+def _read_network(issues: _Issues, table: _Table) -> NetworkPolicy | None:
+    """[network] holds egress limits, validated by hostwarden.network; an absent or empty table means none."""
+    if not table.data:
+        return None
+    try:
+        return NetworkPolicy.from_mapping(table.data)
+    except NetworkPolicyError as error:
+        for path, message in error.issues:
+            issues.add(("network", *path), f"{message} (see docs/network.md)")
+        return None
+
+
 def _read_priorities(root: _Table) -> Mapping[Priority, PriorityClass]:
     table = root.table("priorities")
     result = dict(_default_priorities())
@@ -525,6 +540,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     attest, _ = _read_fields(root.table("attest"), Attest())
     priorities = _read_priorities(root)
     power = _read_power(issues, root.table("power"))
+    network = _read_network(issues, root.table("network"))
     rules: list[Rule] = []
     if root.has("rule"):
         raw_rules = data["rule"] if isinstance(data["rule"], list) else [data["rule"]]
@@ -535,12 +551,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             if rule.name and any(r.name == rule.name for r in rules):
                 issues.add(("rule", index, "name"), f"rule name {rule.name!r} is used twice; names must be unique")
             rules.append(rule)
-    root.finish(["dry_run", "defaults", "limits", "ladder", "auto", "attest", "priorities", "power", "rule"])
+    root.finish(["dry_run", "defaults", "limits", "ladder", "auto", "attest", "priorities", "power", "network",
+                 "rule"])
     if issues.items:
         raise PolicyError(sorted(issues.items, key=lambda issue: issue.line), source)
     return Policy(source=source, dry_run=dry_run, defaults=defaults, limits=limits, rules=tuple(rules),
                   priorities=priorities, ladder=ladder, auto=auto, attest=attest,
-                  power=power)
+                  power=power, network=network)
 
 
 def load_policy_file(path: str) -> Policy:
