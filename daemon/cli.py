@@ -248,14 +248,15 @@ def exec_(socket_opt: str | None, sandbox_name: str, token_file: Path | None, to
           memory_max: int | None, memory_high: int | None, cpu: float | None, timeout: float | None,
           priority: str | None, auto: bool, summary_json: Path | None, command: tuple[str, ...]) -> None:
     """Run COMMAND as one tool call in SANDBOX; exits with COMMAND's status (128+signal when killed)."""
-    from hostwarden.exec_call import ExecError, run_tool_call
+    from hostwarden.exec_call import ExecError, WaitingChild, run_tool_call
 
     intent = pb.Intent(memory_max_bytes=memory_max, memory_high_bytes=memory_high, cpu_cores=cpu,
                        timeout_seconds=timeout, priority=PRIORITY_CHOICES[priority] if priority else 0, auto=auto)
     argv = list(command)
+    child = WaitingChild.fork(argv)  # before the channel exists (see WaitingChild.fork)
     try:
-        result = run_tool_call(socket_path(socket_opt), read_token(token_file), sandbox_name,
-                               tool or Path(argv[0]).name, intent, argv)
+        with Client(socket_path(socket_opt), read_token(token_file)) as client:
+            result = run_tool_call(client, child, sandbox_name, tool or Path(argv[0]).name, intent, argv)
     except ExecError as exc:
         click.echo(f"hostwarden exec: {exc}", err=True)
         sys.exit(125)

@@ -4,6 +4,7 @@ with the bpf programs and generated gRPC code inside; `pip install -e .` is what
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_holds_one_package_with_its_data(tmp_path):
+    # Build from a copy of the tracked files: setuptools writes build/ into the source tree.
+    source = tmp_path / "src"
+    for name in subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path), str(REPO)], check=True, timeout=300)
+                    "--wheel-dir", str(tmp_path), str(source)], check=True, timeout=300)
     (wheel,) = tmp_path.glob("hostwarden-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names if not n.startswith("hostwarden-")}

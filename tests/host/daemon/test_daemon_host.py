@@ -105,9 +105,13 @@ def test_thousand_calls_leak_no_cgroups_or_fds(daemon_process: DaemonProcess):
     d = daemon_process
     d.cli("sandbox", "create", "sb")
     fds_before = len(list(Path(f"/proc/{d.proc.pid}/fd").iterdir()))
-    loop = ("from hostwarden.exec_call import run_tool_call\nfrom hostwarden.proto import warden_pb2 as pb\n"
+    # One client for all calls, as a runtime would hold it; each child is forked and held until attached.
+    loop = ("from hostwarden.client import Client\nfrom hostwarden.exec_call import WaitingChild, run_tool_call\n"
+            "from hostwarden.proto import warden_pb2 as pb\n"
+            f"client = Client({d.socket!r})\n"
             "for i in range(1000):\n"
-            f"    r = run_tool_call({d.socket!r}, None, 'sb', 'true', pb.Intent(), ['/bin/true'])\n"
+            "    child = WaitingChild.fork(['/bin/true'])\n"
+            "    r = run_tool_call(client, child, 'sb', 'true', pb.Intent(), ['/bin/true'])\n"
             "    assert r.exit_code == 0 and r.summary is not None, r\n")
     subprocess.run([sys.executable, "-c", loop], check=True, timeout=600)
     assert not call_dirs(d), "call cgroups leaked"
