@@ -7,7 +7,9 @@ Warden.record_action (ledger row, event with reason and hint, metric). It wakes 
 of the call cgroups and on a PSI trigger on the daemon root's memory.pressure, and ticks while calls run
 so the ladder's durations elapse; with no call running it sleeps until one starts.
 
-Host arbitration: high-priority calls are granted memory.low by the policy, but cgroup v2 honours a
+Host arbitration: the processes of low-priority calls get a higher oom_score_adj (+500) and those of
+high-priority calls a lower one (-500), so when a host or budget cgroup runs out the kernel kills low-priority
+work first. High-priority calls are granted memory.low by the policy, but cgroup v2 honours a
 child's protection only up to its ancestors', so each sandbox cgroup and its calls/ dir get memory.low
 equal to the summed protection of the calls running below them, rewritten as calls start and end.
 """
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.25
 # Rounds at least this far apart: memory.events `high` can rise thousands of times a second under throttling.
 MIN_ROUND_GAP_S = 0.02
+# The kernel's OOM killer (a host or budget cgroup out of memory) picks its victim by badness: processes of
+# low-priority calls are made likelier victims, of high-priority calls less likely. Children inherit it.
+OOM_SCORE_ADJ = {Priority.LOW: 500, Priority.NORMAL: 0, Priority.HIGH: -500}
 # Wake when anything under the root stalls on memory 100 ms within 1 s.
 PSI_TRIGGER = ("some", 100_000, 1_000_000)
 
@@ -151,7 +156,8 @@ class Enforcer(Observer):
 
     def __init__(self, warden: Warden, tree: CgroupTree, policy: Callable[[], Policy],
                  host_memory: Callable[[], HostMemory], *, tick_s: float = TICK_S,
-                 clock: Callable[[], float] = time.monotonic, psi: Capability | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, psi: Capability | None = None,
+                 proc: Path = Path("/proc")) -> None:
         self.warden = warden
         self.tree = tree
         self.fs = tree.fs
@@ -160,6 +166,7 @@ class Enforcer(Observer):
         self.tick_s = tick_s
         self.clock = clock
         self._psi_capability = psi
+        self.proc = proc
         self.actuator = TreeActuator(tree)
         self.state = LadderState()
         self.rounds = 0
@@ -174,6 +181,7 @@ class Enforcer(Observer):
         self._seen: set[str] = set()  # call ids observed in the previous round
         self._granted_high: dict[str, int] = {}  # call id -> memory.high as granted (what release restores)
         self._call_low: dict[str, int] = {}  # call id -> its memory.low (protection its ancestors must cover)
+        self._oom_adjusted: dict[str, set[int]] = {}  # call id -> pids whose oom_score_adj was set
         self._protection: dict[Path, int] = {}  # sandbox or calls/ dir -> memory.low written
         self._thread = threading.Thread(target=self._run, name="enforcement", daemon=True)
 
@@ -236,6 +244,7 @@ class Enforcer(Observer):
         calls = {call.call_id: call for call in list(self.warden.calls.values())}
         self._follow(calls)
         self._protect(calls.values())
+        self._adjust_oom_scores(calls.values())
         host = self.host_memory()
         observed = [obs for call in calls.values() if (obs := self._observe(call, host.total)) is not None]
         self._seed_frozen(observed)
@@ -271,7 +280,7 @@ class Enforcer(Observer):
         for path in self._watched - paths:
             self._watcher.unwatch(path)
             self._watched.discard(path)
-        for cache in (self._granted_high, self._call_low):
+        for cache in (self._granted_high, self._call_low, self._oom_adjusted):
             for call_id in set(cache) - set(calls):
                 del cache[call_id]
 
@@ -298,6 +307,24 @@ class Enforcer(Observer):
             self._protection[node] = low
         for node in set(self._protection) - set(wanted):
             del self._protection[node]
+
+    def _adjust_oom_scores(self, calls: Iterable[RunningCall]) -> None:
+        """oom_score_adj by priority for the processes of each call not yet adjusted (forks inherit it)."""
+        for call in calls:
+            adjustment = OOM_SCORE_ADJ[Priority(call.priority)]
+            if not adjustment:
+                continue
+            try:
+                pids = set(self.fs.read_pids(call.path))
+            except CgroupIOError:
+                continue
+            done = self._oom_adjusted.setdefault(call.call_id, set())
+            for pid in pids - done:
+                try:
+                    (self.proc / str(pid) / "oom_score_adj").write_text(str(adjustment))
+                except OSError:
+                    continue  # exited since cgroup.procs was read
+                done.add(pid)
 
     def _observe(self, call: RunningCall, host_total: int) -> CallObservation | None:
         try:

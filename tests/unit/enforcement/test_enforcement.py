@@ -262,3 +262,27 @@ def test_host_memory_is_the_tightest_memory_max_above_the_root(tmp_path: Path) -
     assert (budget.total, budget.available, budget.psi_some_avg10, budget.psi_full_avg10) == (
         2**30, 124 * MiB, 12.0, 3.0)
     assert budget.source == f"memory.max of {slice_}"
+
+
+def test_processes_of_low_and_high_calls_get_oom_score_adjustments(tmp_path: Path, clock: Clock) -> None:
+    proc = tmp_path / "proc"
+    daemon = make_daemon(tmp_path, policy=FAST_LADDER)
+    enforcer = enforcer_of(daemon)
+    enforcer.clock, enforcer.tick_s, enforcer.proc = clock, 0.01, proc
+    daemon.start()
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    try:
+        for sleeper in sleepers:
+            (proc / str(sleeper.pid)).mkdir(parents=True)
+        begin(daemon, "web", "high", pid=sleepers[0].pid)
+        begin(daemon, "batch", "low", pid=sleepers[1].pid)
+        begin(daemon, "ci", "normal", pid=sleepers[2].pid)
+        adj = [proc / str(sleeper.pid) / "oom_score_adj" for sleeper in sleepers]
+        wait_for(lambda: adj[0].exists() and adj[1].exists(), "oom_score_adj of the high and low calls")
+        assert (adj[0].read_text(), adj[1].read_text()) == ("-500", "500")
+        assert not adj[2].exists()  # normal priority keeps the kernel's default
+    finally:
+        daemon.shutdown()
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
