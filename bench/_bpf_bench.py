@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +48,35 @@ def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class DaemonUnderTest:
+    """A real `hostwarden daemon` process with its own socket, state and cgroup root below CGROUP2_ROOT."""
+
+    def __init__(self, name: str) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"hostwarden-bench-{name}-"))
+        self.socket = str(self.workdir / "hw.sock")
+        self.cgroup_root = CGROUP2_ROOT / f"hostwarden-bench-{name}-{os.getpid()}"
+        self.log = self.workdir / "daemon.log"
+        config = self.workdir / "hostwarden.toml"
+        config.write_text(f'[daemon]\nsocket = "{self.socket}"\nstate_dir = "{self.workdir / "state"}"\n'
+                          f'cgroup_root = "{self.cgroup_root}"\npolicy = "{self.workdir / "policy.toml"}"\n'
+                          '[metrics]\naddress = ""\n')
+        self.process = subprocess.Popen([sys.executable, "-m", "hostwarden", "daemon", "--config", str(config)],
+                                        stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.socket) or "serving on" not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"daemon did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        for directory in sorted((p for p in [self.cgroup_root, *self.cgroup_root.rglob("*")] if p.is_dir()),
+                                key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        shutil.rmtree(self.workdir, ignore_errors=True)
