@@ -320,7 +320,8 @@ class Warden:
                                    now + grant.timeout_s if grant.timeout_s else None, granted)
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, call_id))
-                self._deadline_cond.notify()
+                if self._deadlines[0][1] == call_id:  # only an earlier deadline changes the timer's wait
+                    self._deadline_cond.notify()
         self._notify("call_started", call)
         if pid:
             self._attach(call, pid)
