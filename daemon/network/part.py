@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -324,12 +323,11 @@ class NetworkPart(Observer):
 
     def _save_state(self) -> None:
         """Write the explicit bindings atomically (lock held)."""
-        path = Path(self._state_path)
-        temporary = path.with_suffix(".tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._state_path.with_suffix(".tmp")
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
         entries = {name: {"spec": spec, "netns": identity} for name, (spec, identity) in self._explicit.items()}
         temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(temporary, path)
+        os.replace(temporary, self._state_path)
 
 
 def build_network(daemon: Daemon) -> NetworkPart:

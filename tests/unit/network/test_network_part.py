@@ -8,10 +8,13 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
+from click.testing import CliRunner
 
+from hostwarden import cli
 from hostwarden.app import Daemon
 from hostwarden.client import Client
 from hostwarden.network import part as network_part
@@ -278,3 +281,25 @@ def test_an_explicit_binding_and_its_limit_survive_a_restart(tmp_path, start, fa
         summary = run_call(admin, "sb", lambda: fakes.rtnl.grow(7, rx=100, tx=0))
         assert summary.net_tx_bytes == 100
 
+
+
+def test_top_shows_network_rates_from_successive_readings(start, fakes, monkeypatch):
+    daemon = start()
+    with client(daemon) as admin:
+        create(admin, "sb", f"interface:{HOST_SIDE}")
+        create(admin, "plain")
+    clock = iter([100.0, 101.0])
+
+    def sleep(seconds: float) -> None:  # instead of sleeping: 1 s of traffic, then stop after 2 tables
+        if fakes.rtnl.stats[7].rx_bytes:
+            raise KeyboardInterrupt
+        fakes.rtnl.grow(7, rx=125_000, tx=0)
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(sleep=sleep, monotonic=clock.__next__, strftime=time.strftime))
+    result = CliRunner().invoke(cli.main, ["top", "--socket", daemon.config.daemon.socket])
+    assert "Aborted!" in result.output  # the KeyboardInterrupt after the second table
+    header, *rows = result.output.split("hostwarden top")[2].splitlines()[1:]
+    assert "RX_KBIT/S" in header and "TX_KBIT/S" in header
+    columns = {row.split()[0]: row.split()[4:6] for row in rows}  # the CALL column is empty
+    # 125 000 bytes the host side received in 1 s = 1000 kbit/s the sandbox sent
+    assert columns == {"plain": ["-", "-"], "sb": ["0.0", "1000.0"]}
