@@ -74,6 +74,8 @@ class NetworkPart(Observer):
         # sandbox -> (spec bound through the API, identity of its namespace then); see _restore
         self._explicit: dict[str, tuple[str, list[int] | None]] = self._load_state()
         self._undiscovered: dict[str, str] = {}  # sandbox -> why discovery found no binding
+        # Two calls starting at once must not both rebind: the second rebind would void the first call's figures.
+        self._discovery_lock = threading.Lock()
         self._subscription: Subscription | None = None
         self._thread = threading.Thread(target=self._follow_policy, name="network-policy", daemon=True)
         daemon.metrics.register(NetworkCollector(network.accountant))
@@ -192,7 +194,8 @@ class NetworkPart(Observer):
             explicit = call.sandbox in self._explicit
         sandbox = self._daemon.warden.sandboxes.get(call.sandbox)
         if not explicit and sandbox is not None:
-            self._discover(sandbox)
+            with self._discovery_lock:
+                self._discover(sandbox)
         self.network.accountant.begin(call.call_id, call.sandbox)
 
     def call_ending(self, call: RunningCall, summary: dict[str, Any]) -> None:
