@@ -33,7 +33,15 @@ from hostwarden.attest.report import (
     ScopeState,
 )
 from hostwarden.attest.runtime_policy import PolicyChecker, RuntimePolicy
-from hostwarden.attest.tpm import DEFAULT_TCTI, QUOTE_HASH_ALG, Tpm2Tools, TpmError, TpmQuote, TpmUnavailable
+from hostwarden.attest.tpm import (
+    DEFAULT_TCTI,
+    QUOTE_HASH_ALG,
+    Tpm2Tools,
+    TpmError,
+    TpmQuote,
+    TpmUnavailable,
+    check_nonce,
+)
 
 QUOTE_ATTEMPTS = 3  # IMA appends to the list before extending the PCR: a quote can trail the list briefly
 _HEX_DIGEST = re.compile(r"^(?:[0-9a-f]{2}){16,64}$")
@@ -104,6 +112,8 @@ class Attestor:
         self._reset_log()
         self._ak_pem: str | None = None
         self.last_report: IntegrityReport | None = None
+        # Why no exec events can arrive (no bpf monitor): sandboxes are then UNKNOWN, never TRUSTED.
+        self.exec_events_unavailable: str | None = None
         # TPM quote durations in seconds, newest last; the daemon drains them into its histogram.
         self.quote_durations: deque[float] = deque(maxlen=256)
 
@@ -127,6 +137,12 @@ class Attestor:
             if not _HEX_DIGEST.match(digest_hex):
                 raise ValueError(f"exec digest for {path} must be 32 to 128 hex characters, got {digest_hex!r}")
         self._exec_events.append((sandbox, path, digest_hex))
+
+    def add_sandbox(self, sandbox: str) -> None:
+        """Report `sandbox` from now on, even before it runs anything."""
+        with self._lock:
+            if sandbox not in self._sandboxes:
+                self._sandboxes[sandbox] = _Sandbox(self._checker_for(sandbox))
 
     def set_sandbox_policy(self, sandbox: str, extension: RuntimePolicy | None) -> None:
         """Judge `sandbox` by the host policy extended with `extension` (None: the host policy alone)."""
@@ -167,6 +183,10 @@ class Attestor:
                 state.checker = checkers.get(name) or self._host_checker
                 self._recheck_sandbox(state)
 
+    def log_growth_marker(self) -> int | None:
+        """Changes when IMA appends entries; cheap (no read of the list). None if it cannot be read."""
+        return self._reader.growth_marker()
+
     # ---- evaluation --------------------------------------------------------------------------------------
 
     def evaluate(self, nonce: str | None = None) -> IntegrityReport:
@@ -184,6 +204,12 @@ class Attestor:
         """A quote and the IMA entries from `ima_offset` on, in the form a Keylime verifier takes.
 
         Raises ValueError (bad nonce or offset), TpmUnavailable / TpmError, ImaLogError."""
+        check_nonce(nonce)
+        if ima_offset < 0:
+            raise ValueError(f"ima_offset must not be negative, got {ima_offset}")
+        unavailable = self.tpm.unavailable_reason()
+        if unavailable is not None:
+            raise TpmUnavailable(unavailable)
         with self._lock:
             ak_pem = self._ak()
             tpm_quote = self.tpm.quote(nonce)
@@ -339,6 +365,8 @@ class Attestor:
                               f"exec of {path}" + (f" (digest {digest})" if digest else "") +
                               " has no IMA log entry: IMA did not measure it, so it cannot be checked",
                               path=path, actual=digest) for path, digest in state.unmatched]
+            if self.exec_events_unavailable is not None:
+                unknown.append(Reason(ReasonCode.NO_EXEC_EVENTS, self.exec_events_unavailable))
             attribution = Attribution.PATH if state.by_path_only else Attribution.DIGEST
             sandboxes[name] = _scope_state(outcome, reasons, unknown, attribution, len(state.matched))
         return IntegrityReport(host, sandboxes, len(self._log), outcome.verified, outcome.pcr10,

@@ -172,6 +172,18 @@ class ImaLogReader:
     def available(self) -> bool:
         return os.access(self.path, os.R_OK)
 
+    def growth_marker(self) -> int | None:
+        """A number that changes when entries are appended, without reading the list: IMA's
+        `runtime_measurements_count` beside a securityfs list (whose size reads as 0), else the file size.
+        None when neither can be read."""
+        try:
+            count = self.path.parent / "runtime_measurements_count"
+            if self.path.is_relative_to("/sys") and count.exists():
+                return int(count.read_text())
+            return os.stat(self.path).st_size
+        except (OSError, ValueError):
+            return None
+
     def read_new(self) -> list[ImaEntry | ImaParseError]:
         try:
             with open(self.path, "rb") as log:

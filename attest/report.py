@@ -40,10 +40,11 @@ class ReasonCode(enum.Enum):
     NO_IMA = "no_ima"
     NO_QUOTE_YET = "no_quote_yet"
     UNMEASURED_EXEC = "unmeasured_exec"
+    NO_EXEC_EVENTS = "no_exec_events"  # nothing reports what a sandbox executed (no bpf monitor)
 
 
 UNKNOWN_CODES = frozenset({ReasonCode.NO_TPM, ReasonCode.NO_IMA, ReasonCode.NO_QUOTE_YET,
-                           ReasonCode.UNMEASURED_EXEC})
+                           ReasonCode.UNMEASURED_EXEC, ReasonCode.NO_EXEC_EVENTS})
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ class RuntimePolicy:
     def from_json(cls, text: str | bytes, source: str) -> RuntimePolicy:
         ima = keylime().ima
         try:
+            if not isinstance(json.loads(text), dict):  # keylime's checks assume an object and crash otherwise
+                raise RuntimePolicyError(f"runtime policy {source} must be a JSON object (keylime's format)")
             # Checks the JSON and the exclude regexes; signed (DSSE) policies are unwrapped, not verified here.
             ima.verify_runtime_policy(text if isinstance(text, bytes) else text.encode(), verify_sig=False)
             document = ima.deserialize_runtime_policy(text if isinstance(text, str) else text.decode())

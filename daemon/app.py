@@ -25,8 +25,9 @@ from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.cgroups.usage import read_usage
 from hostwarden.config import Config, ConfigError, DaemonConfig, load_config
 from hostwarden.enforcement import build_enforcement
-from hostwarden.errors import Unavailable
+from hostwarden.errors import FailedPrecondition, Unavailable
 from hostwarden.events import EventBus
+from hostwarden.integrity import IntegrityPart, build_integrity
 from hostwarden.ledger import Ledger
 from hostwarden.metrics import Metrics
 from hostwarden.monitor import build_monitor
@@ -58,7 +59,7 @@ class Part(Protocol):
 
 # Each returns the part, or None when the config turns it off.
 PART_BUILDERS: tuple[Callable[[Daemon], Part | None], ...] = (build_monitor, build_energy, build_enforcement,
-                                                                build_network)
+                                                                build_network, build_integrity)
 
 
 class Daemon:
@@ -155,10 +156,16 @@ class Daemon:
     def integrity(self, principal: Principal, sandbox: str) -> pb.IntegrityReport:
         if sandbox:
             self.warden._sandbox(principal, sandbox)
-        raise Unavailable("attestation is not configured on this daemon")
+        return self._integrity_part().report_message(principal, sandbox)
 
-    def quote(self, nonce: str, offset: int) -> pb.Quote:
-        raise Unavailable("attestation is not configured on this daemon")
+    def quote(self, principal: Principal, nonce: str, offset: int) -> pb.Quote:
+        return self._integrity_part().quote_message(principal, nonce, offset)
+
+    def _integrity_part(self) -> IntegrityPart:
+        part = next((p for p in self.parts if isinstance(p, IntegrityPart)), None)
+        if part is None:
+            raise FailedPrecondition("attestation is turned off on this daemon ([attest] enabled = false)")
+        return part
 
     def capability_messages(self) -> list[pb.Capability]:
         return [pb.Capability(name=c.name, available=c.available, in_use=c.in_use, detail=c.detail)
@@ -229,6 +236,9 @@ class Daemon:
                 self.notifier.reloading()
                 self.reload_config()
                 self.policy.reload()
+                for part in self.parts:
+                    if isinstance(part, IntegrityPart):
+                        part.reload()
                 self.notifier.ready("reloaded")
             if time.monotonic() - last_reap > REAPER_INTERVAL_S:
                 last_reap = time.monotonic()

@@ -377,3 +377,33 @@ def policy_set(file: Path, socket_opt: str | None) -> None:
             sys.exit(1)
         document = _rpc(client, "SetPolicy", pb.SetPolicyRequest(toml=text))
     click.echo(f"{file}: in force (source: {document.source})")
+
+
+def _integrity_scope(state: pb.IntegrityState) -> dict[str, Any]:
+    """A scope as JSON: each reason string the daemon sends is a JSON object (code, message, path...)."""
+    return {"scope": state.scope, "state": state.state, "attribution": state.attribution,
+            "evaluated_at": state.evaluated_at.ToDatetime().isoformat() + "Z",
+            "reasons": [json.loads(reason) for reason in state.reasons]}
+
+
+@main.command()
+@socket_option
+@token_option
+@click.option("--sandbox", "sandbox_name", default="", help="Only this sandbox (default: every one you may see).")
+@json_option
+def attest(socket_opt: str | None, token_file: Path | None, sandbox_name: str, as_json: bool) -> None:
+    """Integrity of the host and each sandbox: TRUSTED, UNTRUSTED (why) or UNKNOWN (why)."""
+    with _client(socket_opt, token_file) as client:
+        report = _rpc(client, "GetIntegrity", pb.GetIntegrityRequest(sandbox=sandbox_name))
+    data = {"host": _integrity_scope(report.host),
+            "sandboxes": {s.scope: _integrity_scope(s) for s in report.sandboxes}}
+    if as_json:
+        _echo_json(data)
+    else:
+        for scope in [data["host"], *data["sandboxes"].values()]:
+            click.echo(f"{scope['scope']}: {scope['state']}"
+                       + (f" (attribution {scope['attribution']})" if scope["scope"] != "host" else ""))
+            for reason in scope["reasons"]:
+                click.echo(f"  {reason['code']}: {reason['message']}")
+    if any(scope["state"] == "UNTRUSTED" for scope in [data["host"], *data["sandboxes"].values()]):
+        sys.exit(3)

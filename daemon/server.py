@@ -257,8 +257,7 @@ class WardenServicer(pb_grpc.WardenServicer):
 
     @_abort_on_error
     def GetQuote(self, request: pb.GetQuoteRequest, context: grpc.ServicerContext) -> Any:
-        self._principal(context)
-        return self.d.quote(request.nonce, request.ima_offset)
+        return self.d.quote(self._principal(context), request.nonce, request.ima_offset)
 
     @_abort_on_error
     def GetCapabilities(self, request: pb.GetCapabilitiesRequest, context: grpc.ServicerContext) -> Any:
