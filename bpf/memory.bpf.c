@@ -5,9 +5,11 @@
  * An mm is charged to the cgroup its owner ran in when it was first seen.
  */
 
-#define MM_FILEPAGES 0
-#define MM_ANONPAGES 1
-#define MM_SHMEMPAGES 3
+/* The kernel's MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES (rss_stat's `member`), under names of our own:
+ * the kernel's are enum constants that a header included by a later unit would clash with. */
+#define RSS_MEMBER_FILE 0
+#define RSS_MEMBER_ANON 1
+#define RSS_MEMBER_SHMEM 3
 
 struct mm_rss {
     s64 file;
@@ -73,11 +75,11 @@ TRACEPOINT_PROBE(kmem, rss_stat)
 
     s64 *counter;
     int member = args->member;
-    if (member == MM_FILEPAGES)
+    if (member == RSS_MEMBER_FILE)
         counter = &mm->file;
-    else if (member == MM_ANONPAGES)
+    else if (member == RSS_MEMBER_ANON)
         counter = &mm->anon;
-    else if (member == MM_SHMEMPAGES)
+    else if (member == RSS_MEMBER_SHMEM)
         counter = &mm->shmem;
     else
         return 0;
