@@ -5,6 +5,7 @@ Importing this package does not import bcc (that takes seconds); BpfMonitor.star
 
 from hostwarden.bpf.events import (
     BpfEvent,
+    EventKind,
     ExecDigestEvent,
     OomEvent,
     ProcessEvent,
@@ -27,6 +28,7 @@ __all__ = [
     "BpfMonitor",
     "BpfMonitorError",
     "CgroupRss",
+    "EventKind",
     "ExecDigestEvent",
     "ExecutableList",
     "OomEvent",

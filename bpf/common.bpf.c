@@ -55,6 +55,8 @@ BPF_HASH(watched_cgroups, u64, struct watch_config, MAX_WATCHED_CGROUPS);
  * a self-IPI exits to the hypervisor). Threshold crossings, OOM kills and reclaim wake it at once.
  */
 BPF_RINGBUF_OUTPUT(events, 256);
+/* Event kinds user space asked for (1): the others are not sent (their programs still keep their maps). */
+BPF_ARRAY(event_wanted, u32, EVENT_KIND_SLOTS);
 /* Ring buffer reservations that failed, per event kind: user space sums them as lost events. */
 BPF_PERCPU_ARRAY(events_lost, u64, EVENT_KIND_SLOTS);
 /* Processes of watched cgroups, by tgid: parent and cgroup for exec, exit and OOM attribution. */
@@ -62,9 +64,12 @@ BPF_TABLE("lru_hash", u32, struct process_info, tracked_processes, MAX_TRACKED_P
 
 static __always_inline struct event *reserve_event(u32 kind, u64 cgroup_id)
 {
+    u32 slot = kind;
+    u32 *wanted = event_wanted.lookup(&slot);
+    if (!wanted || !*wanted)
+        return 0;
     struct event *event = events.ringbuf_reserve(sizeof(struct event));
     if (!event) {
-        u32 slot = kind;
         u64 *lost = events_lost.lookup(&slot);
         if (lost)
             (*lost)++;

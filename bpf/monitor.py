@@ -16,14 +16,14 @@ import select
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from hostwarden.bpf import kernel
-from hostwarden.bpf.events import BpfEvent, EventDecodeError, decode_event
+from hostwarden.bpf.events import BpfEvent, EventDecodeError, EventKind, decode_event
 from hostwarden.bpf.programs import (
     COMMON_UNIT,
     DEFAULT_PROGRAMS,
@@ -170,9 +170,13 @@ class BpfMonitor:
         programs: Sequence[ProgramSpec] = DEFAULT_PROGRAMS,
         extra_units: Mapping[str, str] | None = None,
         sys_root: Path = Path("/sys"),
+        event_kinds: Collection[EventKind] = tuple(EventKind),
     ) -> None:
-        """`extra_units` are C sources (by unit name) for programs not shipped in the package."""
+        """`extra_units` are C sources (by unit name) for programs not shipped in the package.
+        `event_kinds` are the events to deliver; the programs send no others to user space (each
+        event costs a ring-buffer record in the kernel and a decode here)."""
         self._on_event = on_event
+        self._event_kinds = frozenset(event_kinds)
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
         self._sys_root = sys_root
@@ -220,6 +224,10 @@ class BpfMonitor:
 
         units = list(dict.fromkeys(spec.unit for spec in candidates))
         self._bpf, compile_failures = self._compile(bcc, units)
+        if self._bpf is not None:
+            wanted = self._bpf[b"event_wanted"]
+            for kind in self._event_kinds:
+                wanted[wanted.Key(int(kind))] = wanted.Leaf(1)
         for spec in candidates:
             if spec.unit in compile_failures:
                 statuses[spec.name] = ProgramStatus(spec.name, False, compile_failures[spec.unit])

@@ -27,6 +27,7 @@ from hostwarden.bpf import (
     BpfMonitor,
     BpfMonitorError,
     CgroupRss,
+    EventKind,
     ExecDigestEvent,
     ExecutableList,
     OomEvent,
@@ -53,6 +54,10 @@ RSS_PEAK_SOURCE = "rss_tracking"
 EXEC_DIGEST_PROGRAM = "exec_digest"
 SPIKE_PROGRAM = "rss_stat"
 
+# Fork and exit events are not used here: leaving them in the kernel saves two ring-buffer records and
+# two decodes per process (see docs/benchmarks.md).
+MONITOR_EVENT_KINDS = frozenset(EventKind) - {EventKind.FORK, EventKind.EXIT}
+
 # (sandbox, executed path, IMA digest as hex or None where the kernel gave none)
 ExecDigestSink = Callable[[str, str, str | None], None]
 
@@ -78,6 +83,10 @@ class BpfBackend(Protocol):
 
 
 BackendFactory = Callable[[Callable[[BpfEvent], None]], BpfBackend]
+
+
+def default_backend(on_event: Callable[[BpfEvent], None]) -> BpfBackend:
+    return BpfMonitor(on_event, event_kinds=MONITOR_EVENT_KINDS)
 
 
 def spike_threshold_for(call: RunningCall) -> int | None:
@@ -131,7 +140,7 @@ class Monitor(Observer):
     `on_exec_digest` is called on those threads too and must be quick.
     """
 
-    def __init__(self, daemon: Daemon, backend_factory: BackendFactory = BpfMonitor) -> None:
+    def __init__(self, daemon: Daemon, backend_factory: BackendFactory = default_backend) -> None:
         self._warden = daemon.warden
         self._bus = daemon.bus
         self._metrics = daemon.metrics

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from hostwarden.bpf import BpfMonitor, ProcessEvent, SpikeEvent
+from hostwarden.bpf import BpfMonitor, EventKind, ProcessEvent, SpikeEvent
 from hostwarden.bpf.programs import DEFAULT_PROGRAMS, ProgramSpec, Tracepoint
 from tests.host.bpf.bpf_helpers import SHELL, EventLog, join_cgroup
 
@@ -182,3 +182,21 @@ def test_bad_watch_input_is_refused(monitor):
 
     with pytest.raises(BpfMonitorError, match="not watched"):
         bpf_monitor.set_threshold(987654321, 1 << 20)
+
+
+def test_only_the_event_kinds_asked_for_are_sent(cgroups):
+    received = EventLog()
+    exec_only = BpfMonitor(received, programs=[p for p in DEFAULT_PROGRAMS if p.unit == "lifecycle"],
+                           event_kinds={EventKind.EXEC})
+    try:
+        assert exec_only.start()["process_fork"].loaded
+        path, cgroup_id = cgroups.make("exec-only")
+        exec_only.watch(cgroup_id)
+        shell = subprocess.Popen([SHELL, "-c", "/bin/true; exit 0"], preexec_fn=join_cgroup(path))
+        assert shell.wait(timeout=10) == 0
+        exec_only.flush()
+        events = received.for_cgroup(cgroup_id)
+        assert [(e.kind, e.filename) for e in lifecycle(events)] == [("exec", SHELL), ("exec", "/bin/true")]
+        assert exec_only.program_stats()["process_fork"].run_count > 0  # it ran, and sent nothing
+    finally:
+        exec_only.stop()
