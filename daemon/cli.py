@@ -87,10 +87,10 @@ def daemon(config_path: Path | None) -> None:
     from hostwarden.config import ConfigError, load_config
 
     try:
-        config = load_config(config_path)
+        daemon = Daemon(load_config(config_path))  # the parts validate their own config sections
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    Daemon(config).serve()
+    daemon.serve()
 
 
 @main.command()

@@ -7,6 +7,7 @@ releases it to exec the command. Signals the parent receives are forwarded to th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -69,7 +70,9 @@ class WaitingChild:
         return cls(pid, go_write, err_read)
 
     def release(self) -> None:
-        os.write(self.go_fd, b"1")
+        """Let it exec; a child already killed by a forwarded signal has nothing left to release."""
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self.go_fd, b"1")
         os.close(self.go_fd)
         self.released = True
 
@@ -93,18 +96,22 @@ class WaitingChild:
 def run_tool_call(client: Client, child: WaitingChild, sandbox: str, tool: str, intent: pb.Intent,
                   argv: list[str]) -> ExecResult:
     """Begin a call holding `child`, release it, wait for it, end the call with its status."""
+    # Forward from the start: a signal that arrives before the release ends the held child, and the call
+    # then reports it as the command's status (128+signal), as it would once the command runs.
+    previous = {sig: signal.signal(sig, lambda signum, _frame: os.kill(child.pid, signum))
+                for sig in FORWARDED_SIGNALS}
     try:
-        reply = client.call("BeginToolCall", pb.BeginToolCallRequest(
-            sandbox=sandbox, tool=tool, intent=intent, command=" ".join(argv)[:200], pid=child.pid))
-    except grpc.RpcError as exc:
-        child.discard()
-        raise ExecError(f"BeginToolCall failed: {exc.code().name}: {exc.details()}") from None
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda signum, _frame: os.kill(child.pid, signum))
-    child.release()
-    code, exec_error = child.wait()
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+        try:
+            reply = client.call("BeginToolCall", pb.BeginToolCallRequest(
+                sandbox=sandbox, tool=tool, intent=intent, command=" ".join(argv)[:200], pid=child.pid))
+        except grpc.RpcError as exc:
+            child.discard()
+            raise ExecError(f"BeginToolCall failed: {exc.code().name}: {exc.details()}") from None
+        child.release()
+        code, exec_error = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if exec_error:
         print(f"hostwarden exec: {exec_error}", file=sys.stderr)
     try:

@@ -63,7 +63,7 @@ def test_exec_forwards_signals_and_reports_128_plus_signal(daemon_process: Daemo
     d.cli("sandbox", "create", "sb")
     proc = subprocess.Popen([*HOSTWARDEN, "exec", "--socket", d.socket, "--sandbox", "sb", "--", "sleep", "30"])
     deadline = time.monotonic() + 20
-    while not any((c / "cgroup.procs").read_text().strip() for c in call_dirs(d)):
+    while not sum(running_sleeps(c) for c in call_dirs(d)):
         assert time.monotonic() < deadline, "the call never got its process"
         time.sleep(0.02)
     proc.terminate()
@@ -80,7 +80,8 @@ def test_exec_of_missing_command_fails_cleanly(daemon_process: DaemonProcess):
 def test_kill9_mid_call_then_restart_finishes_and_records_it(daemon_process: DaemonProcess):
     d = daemon_process
     d.cli("sandbox", "create", "sb")
-    running = subprocess.Popen([*HOSTWARDEN, "exec", "--socket", d.socket, "--sandbox", "sb", "--", "sleep", "1.5"],
+    # Outlives the restart (the restarted daemon loads its bpf programs first), so it ends through EndToolCall.
+    running = subprocess.Popen([*HOSTWARDEN, "exec", "--socket", d.socket, "--sandbox", "sb", "--", "sleep", "8"],
                                stderr=subprocess.PIPE, text=True)
     ended_while_down = subprocess.Popen(
         [*HOSTWARDEN, "exec", "--socket", d.socket, "--sandbox", "sb", "--", "sleep", "0.3"],
