@@ -93,19 +93,25 @@ class Poller(threading.Thread):
 
 
 class SpikeStream(threading.Thread):
-    """A WatchEvents client of the daemon: notes when each call's memory_spike event arrives."""
+    """A WatchEvents client of the daemon: notes when each call's memory_spike event arrives.
+
+    `subscribed` is set once the stream carried the sandbox_created event: from then on no event is missed."""
 
     def __init__(self, socket: str) -> None:
         super().__init__(daemon=True)
         self._client = Client(socket)
-        self._stream = self._client.watch(pb.WatchEventsRequest(kinds=["memory_spike"]))
+        self._stream = self._client.watch(pb.WatchEventsRequest(kinds=["memory_spike", "sandbox_created"]))
         self.received_ns: dict[str, int] = {}
         self.arrived = threading.Condition()
+        self.subscribed = threading.Event()
 
     def run(self) -> None:
         with contextlib.suppress(grpc.RpcError):  # cancelled at the end
             for event in self._stream:
                 now = time.monotonic_ns()
+                if event.kind == "sandbox_created":
+                    self.subscribed.set()
+                    continue
                 with self.arrived:
                     self.received_ns.setdefault(event.call_id, now)
                     self.arrived.notify_all()
@@ -209,10 +215,14 @@ def main() -> None:
         if not statuses["rss_stat"].loaded:
             sys.exit(f"rss_stat program not loaded: {statuses['rss_stat'].detail}")
         with Client(daemon.socket) as client:
-            client.call("CreateSandbox", pb.CreateSandboxRequest(name="bench"))
             stream = SpikeStream(daemon.socket)
             stream.start()
             try:
+                # Until the stream is subscribed, events pass it by: create the sandbox until it sees one.
+                while not stream.subscribed.is_set():
+                    client.call("CreateSandbox", pb.CreateSandboxRequest(name="bench"))
+                    if not stream.subscribed.wait(1):
+                        client.call("DeleteSandbox", pb.DeleteSandboxRequest(name="bench", force=True))
                 for _ in range(trials):
                     run_trial(client, stream, monitor, callbacks, samples, sources)
             finally:
