@@ -226,6 +226,9 @@ class Monitor(Observer):
     def call_started(self, call: RunningCall) -> None:
         self._watch(call.cgroup_id, _Watched(call.sandbox, call), spike_threshold_for(call))
 
+    def call_recovered(self, call: RunningCall) -> None:
+        self.call_started(call)  # from now on: its execs and spikes before the restart are not known
+
     def set_call_threshold(self, call_id: str, threshold_bytes: int | None) -> None:
         """Replace a running call's spike threshold (None: no spike events) and re-arm it; the policy
         may raise it after a spike to hear of the next one. KeyError for a call that is not watched."""

@@ -102,6 +102,7 @@ def call_message(summary: dict[str, Any]) -> pb.ToolCall:
         energy_source=summary.get("energy_source", "unavailable"),
         oom_killed=bool(summary.get("oom_killed")),
         executables=summary.get("executables", []),
+        executables_omitted=summary.get("executables_omitted", 0),
         net_source=summary.get("net_source", ""),
     )
     msg.started_at.CopyFrom(timestamp(summary["started_at"]))

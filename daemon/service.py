@@ -116,6 +116,9 @@ class Observer:
     def call_started(self, call: RunningCall) -> None:
         """Its cgroup exists; its process may not be attached yet."""
 
+    def call_recovered(self, call: RunningCall) -> None:
+        """Found still running at start-up: it began under an earlier daemon (what it did then is unseen)."""
+
     def call_ending(self, call: RunningCall, summary: dict[str, Any]) -> None:
         """Its processes are gone or killed; its cgroup still exists."""
 
@@ -557,6 +560,7 @@ class Warden:
                 if deadline is not None:
                     heapq.heappush(self._deadlines, (deadline, call.call_id))
             self.watch_emptied(call.path)
+            self._notify("call_recovered", call)
             self.bus.publish("call_recovered", f"{call.tool} in {call.sandbox} still running after restart",
                              sandbox=call.sandbox, call_id=call.call_id)
         for stray in live.values():

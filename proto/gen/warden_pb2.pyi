@@ -237,7 +237,7 @@ class Action(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., hint: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ToolCall(_message.Message):
-    __slots__ = ("call_id", "sandbox", "tool", "state", "end_reason", "started_at", "ended_at", "exit_code", "duration_seconds", "peak_memory_bytes", "peak_memory_source", "cpu_seconds", "energy_joules", "energy_source", "oom_killed", "actions", "executables", "limits", "net_rx_bytes", "net_tx_bytes", "net_source", "command")
+    __slots__ = ("call_id", "sandbox", "tool", "state", "end_reason", "started_at", "ended_at", "exit_code", "duration_seconds", "peak_memory_bytes", "peak_memory_source", "cpu_seconds", "energy_joules", "energy_source", "oom_killed", "actions", "executables", "limits", "net_rx_bytes", "net_tx_bytes", "net_source", "command", "executables_omitted")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +260,7 @@ class ToolCall(_message.Message):
     NET_TX_BYTES_FIELD_NUMBER: _ClassVar[int]
     NET_SOURCE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLES_OMITTED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     sandbox: str
     tool: str
@@ -282,7 +283,8 @@ class ToolCall(_message.Message):
     net_tx_bytes: int
     net_source: str
     command: str
-    def __init__(self, call_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[str] = ..., end_reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., peak_memory_source: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., energy_joules: _Optional[float] = ..., energy_source: _Optional[str] = ..., oom_killed: _Optional[bool] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., executables: _Optional[_Iterable[str]] = ..., limits: _Optional[_Iterable[_Union[GrantedLimit, _Mapping]]] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ..., net_source: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
+    executables_omitted: int
+    def __init__(self, call_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[str] = ..., end_reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., peak_memory_source: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., energy_joules: _Optional[float] = ..., energy_source: _Optional[str] = ..., oom_killed: _Optional[bool] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., executables: _Optional[_Iterable[str]] = ..., limits: _Optional[_Iterable[_Union[GrantedLimit, _Mapping]]] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ..., net_source: _Optional[str] = ..., command: _Optional[str] = ..., executables_omitted: _Optional[int] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("sandbox",)
