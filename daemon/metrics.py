@@ -90,8 +90,9 @@ class Metrics:
                                    registry=self.registry)
         self.duration = Histogram("hostwarden_tool_call_duration_seconds", "Tool call duration", ["tool"],
                                   buckets=DURATION_BUCKETS, registry=self.registry)
-        self.peak_memory = Histogram("hostwarden_tool_call_peak_memory_bytes", "Tool call peak memory (memory.peak)",
-                                     ["tool"], buckets=MEMORY_BUCKETS, registry=self.registry)
+        self.peak_memory = Histogram("hostwarden_tool_call_peak_memory_bytes",
+                                     "Tool call peak memory (memory.peak; summed process RSS where the host has no "
+                                     "memory controller)", ["tool"], buckets=MEMORY_BUCKETS, registry=self.registry)
         self.cpu = Histogram("hostwarden_tool_call_cpu_seconds", "Tool call CPU time", ["tool"],
                              buckets=CPU_BUCKETS, registry=self.registry)
         self.actions = Counter("hostwarden_enforcement_actions", "Enforcement actions taken (or dry-run)",

@@ -515,7 +515,8 @@ class Warden:
                          + (f" with exit code {exit_code}" if exit_code is not None else ""),
                          sandbox=call.sandbox, call_id=call.call_id,
                          attributes={"tool": call.tool, "end_reason": end_reason,
-                                     "peak_memory_bytes": str(peak) if peak is not None else "",
+                                     "peak_memory_bytes": str(summary["peak_memory_bytes"] or ""),
+                                     "peak_memory_source": str(summary["peak_memory_source"]),
                                      "duration_seconds": f"{summary['duration_seconds']:.6f}"})
         return summary
 
