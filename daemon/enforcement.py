@@ -178,7 +178,7 @@ class Enforcer(Observer):
                                       fs=self.fs)
         self._trigger: PsiTrigger | None = None
         self._watched: set[Path] = set()
-        self._seen: set[str] = set()  # call ids observed in the previous round
+        self._seed_checked: set[str] = set()  # frozen calls whose ledger history was looked up
         self._granted_high: dict[str, int] = {}  # call id -> memory.high as granted (what release restores)
         self._call_low: dict[str, int] = {}  # call id -> its memory.low (protection its ancestors must cover)
         self._oom_adjusted: dict[str, set[int]] = {}  # call id -> pids whose oom_score_adj was set
@@ -351,8 +351,9 @@ class Enforcer(Observer):
         """After a restart the ladder's memory is gone: a frozen call whose last freeze/thaw in the ledger is
         the ladder's own freeze is the ladder's again (to thaw or kill), timed from now."""
         unknown = [c for c in observed if c.frozen and c.call_id not in self.state.frozen_at
-                   and c.call_id not in self._seen]
-        self._seen = {c.call_id for c in observed}
+                   and c.call_id not in self._seed_checked]
+        self._seed_checked = {c.call_id for c in observed if c.frozen} & (self._seed_checked | {
+            c.call_id for c in unknown})
         if not unknown:
             return
         seeded = dict(self.state.frozen_at)
