@@ -505,10 +505,11 @@ class Warden:
         except CgroupError as exc:
             log.warning("call %s: cgroup %s not removed yet (%s); the reaper will retry", call.call_id,
                         call.path, exc)
+        # The ledger row first: until the call leaves `calls`, readers see it running, never half-finished.
+        self.ledger.finish_call(call.call_id, ended, summary)
         with self._lock:
             self.calls.pop(call.call_id, None)
             self._calls_by_path.pop(call.path, None)
-        self.ledger.finish_call(call.call_id, ended, summary)
         if self._on_call_finished:
             self._on_call_finished(summary)
         self.bus.publish("call_ended", f"{call.tool} in {call.sandbox} {end_reason}"

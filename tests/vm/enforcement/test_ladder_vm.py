@@ -1,6 +1,6 @@
 """vm tier: every rung of the ladder observed for real, through a real daemon on a real cgroup v2 with PSI.
 
-One daemon (bpf off: it is not what is tested and costs a minute under emulation) whose cgroup root sits in
+One daemon (bpf and attestation off: not what is tested, and slow to start under emulation) whose cgroup root sits in
 a "host" cgroup; giving that cgroup a memory.max makes the ladder see a host short of memory. Tool calls
 are python processes that touch memory and then hold it, attached before they run.
 """
@@ -124,7 +124,7 @@ def host(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Path]]:
     config = tmp_path / "hostwarden.toml"
     config.write_text(f'[daemon]\nsocket = "{tmp_path / "hw.sock"}"\nstate_dir = "{tmp_path / "state"}"\n'
                       f'cgroup_root = "{host_cgroup / "root"}"\npolicy = "{tmp_path / "policy.toml"}"\n'
-                      '[metrics]\naddress = ""\n[bpf]\nenabled = false\n')
+                      '[metrics]\naddress = ""\n[bpf]\nenabled = false\n[attest]\nenabled = false\n')
     daemon = SlowStartDaemon(config, str(tmp_path / "hw.sock"), tmp_path / "state", host_cgroup / "root",
                            tmp_path / "daemon.log")
     daemon.start()
