@@ -11,6 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+# This process forks tool-call children while holding a gRPC channel; the children only exec. gRPC's fork
+# support would stop and restart its threads around every fork (about 1.4 ms each here), a cost
+# `hostwarden exec` never pays since it forks before any channel exists. Set before grpc is imported.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 import platform
 import subprocess
 import sys

@@ -214,11 +214,16 @@ class Enforcer(Observer):
     def sandbox_added(self, sandbox: Sandbox) -> None:
         self._wake.set()
 
+    # A call's start or end changes what the ladder must do at once only where it carries memory.low (the
+    # ancestors' protection sums change); anything else waits for the next tick, so a burst of short calls
+    # does not run a round per call.
     def call_started(self, call: RunningCall) -> None:
-        self._wake.set()
+        if call.limits.memory_low:
+            self._wake.set()
 
     def call_ending(self, call: RunningCall, summary: dict[str, object]) -> None:
-        self._wake.set()
+        if call.limits.memory_low:
+            self._wake.set()
 
     def _on_memory_event(self, _path: Path, _increases: dict[str, int]) -> None:
         self._wake.set()
