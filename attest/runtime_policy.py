@@ -102,39 +102,49 @@ class PolicyChecker:
     """
 
     def __init__(self, policy: RuntimePolicy | None) -> None:
-        """`policy` None checks nothing (keylime's behaviour without a runtime policy)."""
+        """`policy` None checks nothing (keylime's behaviour without a runtime policy). A policy is built
+        into keylime's validators at once, so a bad one is refused here; without one, keylime (about 13 MB
+        of modules) is imported only when the first entry is checked: hosts with no IMA never pay for it."""
+        self.policy = policy
+        self._built: tuple[Any, dict[str, Callable[[str], Any]], type[Exception]] | None = None
+        if policy is not None:
+            self._build()
+
+    def _build(self) -> tuple[Any, dict[str, Callable[[str], Any]], type[Exception]]:
+        if self._built is not None:
+            return self._built
         modules = keylime()
         ima, ast = modules.ima, modules.ast
-        self.policy = policy
+        policy = self.policy
         document = copy.deepcopy(policy.document) if policy is not None else None
         exclude_regex, error = modules.validators.valid_exclude_list(document["excludes"] if document else None)
         if error:
             raise RuntimePolicyError(f"runtime policy {policy.source if policy else ''}: {error}")
-        self.keyrings = modules.file_signatures.ImaKeyrings()
+        keyrings = modules.file_signatures.ImaKeyrings()
         if document is not None:
-            self.keyrings.set_tenant_keyring(
-                modules.file_signatures.ImaKeyring.from_string(document["verification-keys"]))
-        self._validator = ast.Validator({
-            ast.ImaSig: functools.partial(ima._validate_ima_sig, exclude_regex, self.keyrings, document),
+            keyrings.set_tenant_keyring(modules.file_signatures.ImaKeyring.from_string(document["verification-keys"]))
+        validator = ast.Validator({
+            ast.ImaSig: functools.partial(ima._validate_ima_sig, exclude_regex, keyrings, document),
             ast.ImaNg: functools.partial(ima._validate_ima_ng, exclude_regex, document),
-            ast.ImaBuf: functools.partial(ima._validate_ima_buf, exclude_regex, document, self.keyrings, None),
+            ast.ImaBuf: functools.partial(ima._validate_ima_buf, exclude_regex, document, keyrings, None),
         })
-        self._modes: dict[str, Callable[[str], Any]] = {
-            "ima-ng": ast.ImaNg, "ima-sig": ast.ImaSig, "ima-buf": ast.ImaBuf}
-        self._parser_error = ast.ParserError
+        modes: dict[str, Callable[[str], Any]] = {"ima-ng": ast.ImaNg, "ima-sig": ast.ImaSig, "ima-buf": ast.ImaBuf}
+        self._built = (validator, modes, ast.ParserError)
+        return self._built
 
     @property
     def log_hash_alg(self) -> str:
         return self.policy.log_hash_alg if self.policy is not None else "sha1"
 
     def check(self, entry: ImaEntry) -> list[Reason]:
+        validator, modes, parser_error = self._build()
         fields = entry.line.split(" ", 3)[3]
         try:
-            mode = self._modes[entry.template](fields)
-        except self._parser_error as error:
+            mode = modes[entry.template](fields)
+        except parser_error as error:
             return [Reason(ReasonCode.MALFORMED_ENTRY, f"keylime cannot parse entry {entry.index}: {error}",
                            path=entry.path)]
-        failure = mode.is_data_valid(self._validator)
+        failure = mode.is_data_valid(validator)
         if not failure:
             return []
         return [_reason_from_event(entry, event.event_id, json.loads(event.context)) for event in failure.events]

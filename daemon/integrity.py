@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EVALUATION_GAP_S = 0.5  # at most two exec-driven evaluations a second
+
 HOST_SCOPE = "host"
 # hostwarden_integrity_state values (docs/attestation.md)
 STATE_VALUES = {IntegrityState.TRUSTED: 1, IntegrityState.UNTRUSTED: 0, IntegrityState.UNKNOWN: -1}
@@ -236,8 +238,9 @@ class IntegrityPart(Observer):
                     log.exception("integrity evaluation failed")
             self._wake.wait(self.settings.poll_seconds)
             self._wake.clear()
-            # Exec events come in bursts (a build execs hundreds of files): let a burst settle.
-            self._stopping.wait(min(0.05, self.settings.poll_seconds))
+            # Exec events come in bursts (a build execs hundreds of files, an agent hundreds of short calls):
+            # let a burst settle, so a busy host costs a few evaluations a second, not one per exec.
+            self._stopping.wait(min(EVALUATION_GAP_S, self.settings.poll_seconds))
 
     def evaluate(self) -> IntegrityReport:
         """One round: attest, then record every verdict that changed and act on sandboxes that turned bad."""

@@ -213,11 +213,10 @@ class EnergyMeter:
 
     def _interpolate(self, at: float) -> tuple[float, float]:
         """(busy seconds, active joules) at time `at`, linear between the samples around it."""
-        times = [p.time for p in self._history]
-        index = bisect.bisect_left(times, at)
+        index = bisect.bisect_left(self._history, at, key=lambda point: point.time)
         if index == 0:
             return self._history[0].busy, self._history[0].active
-        if index == len(times):
+        if index == len(self._history):
             return self._history[-1].busy, self._history[-1].active
         before, after = self._history[index - 1], self._history[index]
         weight = (at - before.time) / (after.time - before.time) if after.time > before.time else 1.0
