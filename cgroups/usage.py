@@ -62,8 +62,9 @@ def parse_pressure(text: str) -> Pressure:
     return Pressure(lines["some"], lines.get("full"))
 
 
-def read_usage(path: Path, fs: CgroupFs | None = None) -> Usage:
-    """Every usage figure of the cgroup at `path` that the kernel exposes there."""
+def read_usage(path: Path, fs: CgroupFs | None = None, *, totals_only: bool = False) -> Usage:
+    """Every usage figure of the cgroup at `path` that the kernel exposes there. `totals_only` reads just
+    what a finished call's summary needs (memory.peak, memory.events, cpu.stat): the rest stays None."""
     fs = fs or CgroupFs()
     unavailable: dict[str, str] = {}
 
@@ -82,16 +83,23 @@ def read_usage(path: Path, fs: CgroupFs | None = None) -> Usage:
         return int(raw) if raw is not None and raw.strip().isdigit() else None
 
     memory_events = text("memory.events", "memory_events")
-    memory_stat = text("memory.stat", "memory_stat")
     cpu = text("cpu.stat", "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec")
     cpu_values = parse_keyed(cpu) if cpu is not None else {}
+    memory_peak = number("memory.peak", "memory_peak")
+    if totals_only:
+        return Usage(memory_current=None, memory_peak=memory_peak,
+                     memory_events=parse_keyed(memory_events) if memory_events else {}, memory_stat={},
+                     cpu_usage_usec=cpu_values.get("usage_usec"), cpu_user_usec=cpu_values.get("user_usec"),
+                     cpu_system_usec=cpu_values.get("system_usec"), pids_current=None, psi={},
+                     unavailable=unavailable)
+    memory_stat = text("memory.stat", "memory_stat")
     psi: dict[str, Pressure | None] = {}
     for resource in PSI_RESOURCES:
         raw = text(f"{resource}.pressure", f"psi.{resource}")
         psi[resource] = parse_pressure(raw) if raw else None
     return Usage(
         memory_current=number("memory.current", "memory_current"),
-        memory_peak=number("memory.peak", "memory_peak"),
+        memory_peak=memory_peak,
         memory_events=parse_keyed(memory_events) if memory_events else {},
         memory_stat=parse_keyed(memory_stat) if memory_stat else {},
         cpu_usage_usec=cpu_values.get("usage_usec"),

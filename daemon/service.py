@@ -484,7 +484,7 @@ class Warden:
         self.unwatch_emptied(call.path)
         if kill:
             self.tree.kill(call.path)
-        usage = read_usage(call.path)
+        usage = read_usage(call.path, totals_only=True)
         ended = time.time()
         peak, peak_source = (usage.memory_peak, "memory.peak") if usage.memory_peak is not None else (None,
                                                                                                        "unavailable")

@@ -26,6 +26,9 @@ def test_reads_every_figure_where_present(tmp_path):
     assert usage.psi["memory"] == Pressure(PressureLine(1.5, 0.2, 0.0, 1234), PressureLine(0.1, 0.0, 0.0, 99))
     assert usage.psi["io"].full is None
     assert usage.unavailable == {}
+    totals = read_usage(cg, fs, totals_only=True)
+    assert (totals.memory_peak, totals.memory_events, totals.cpu_usage_usec) == (8192, usage.memory_events, 900)
+    assert (totals.memory_current, totals.memory_stat, totals.pids_current, totals.psi) == (None, {}, None, {})
 
 
 def test_missing_controller_files_are_none_with_the_reason(tmp_path):
