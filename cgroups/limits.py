@@ -86,12 +86,15 @@ def apply_limits(fs: CgroupFs, cgroup: Path, limits: Limits) -> list[LimitOutcom
     if not limits.files():
         return []
     enabled = set(fs.read(cgroup / "cgroup.controllers").split())
+    parent_offers: set[str] | None = None  # read once, only when some controller is missing
     outcomes: list[LimitOutcome] = []
     for file, value in limits.files():
         controller = file.split(".", 1)[0]
         if controller not in enabled:
-            reason = _missing_controller_reason(fs, cgroup, controller)
-            outcomes.append(LimitOutcome(file, value, False, reason))
+            if parent_offers is None:
+                parent_offers = _offered(fs, cgroup.parent)
+            outcomes.append(LimitOutcome(file, value, False, _missing_controller_reason(cgroup, controller,
+                                                                                         parent_offers)))
             continue
         if not (cgroup / file).exists():
             # memory.swap.max is absent without swap accounting; memory.oom.group before 4.19.
@@ -103,11 +106,14 @@ def apply_limits(fs: CgroupFs, cgroup: Path, limits: Limits) -> list[LimitOutcom
     return outcomes
 
 
-def _missing_controller_reason(fs: CgroupFs, cgroup: Path, controller: str) -> str:
+def _offered(fs: CgroupFs, cgroup: Path) -> set[str]:
     try:
-        parent_offers = set(fs.read(cgroup.parent / "cgroup.controllers").split())
+        return set(fs.read(cgroup / "cgroup.controllers").split())
     except CgroupIOError:
-        parent_offers = set()
+        return set()
+
+
+def _missing_controller_reason(cgroup: Path, controller: str, parent_offers: set[str]) -> str:
     if controller in parent_offers:
         return (f"the {controller} controller is not enabled in {cgroup.parent}/cgroup.subtree_control: "
                 f"enable it there (+{controller}) before limits can apply")
