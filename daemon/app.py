@@ -81,7 +81,7 @@ class Daemon:
         self.metrics = Metrics(self._metrics_snapshot)
         self.warden = Warden(self.tree, cgroup_mount, self.ledger, self.bus, self.policy.resolve,
                              on_call_finished=self.metrics.call_finished, on_action=self.metrics.action)
-        self.watcher = CgroupWatcher(on_emptied=self.warden.on_emptied)
+        self.watcher = CgroupWatcher(on_emptied=self.warden.on_emptied, fs=self.tree.fs)
         self.warden.watch_emptied = lambda path: self.watcher.watch(path, attached=True)
         self.warden.unwatch_emptied = self.watcher.unwatch
         self.parts: list[Part] = [part for build in PART_BUILDERS if (part := build(self)) is not None]
@@ -96,7 +96,7 @@ class Daemon:
 
     def usage(self, principal: Principal, sandbox_name: str) -> pb.Usage:
         sandbox = self.warden._sandbox(principal, sandbox_name)
-        usage = read_usage(sandbox.path)
+        usage = read_usage(sandbox.path, self.tree.fs)
         reply = pb.Usage(sandbox=sandbox.name, memory_current_bytes=usage.memory_current or 0,
                          memory_source="memory.current" if usage.memory_current is not None else "unavailable",
                          cpu_seconds=(usage.cpu_usage_usec or 0) / 1e6, pids=usage.pids_current or 0,
@@ -114,7 +114,7 @@ class Daemon:
         for call in list(self.warden.calls.values()):
             if call.sandbox != sandbox.name:
                 continue
-            call_usage = read_usage(call.path)
+            call_usage = read_usage(call.path, self.tree.fs)
             reply.calls.add(call_id=call.call_id, tool=call.tool, memory_current_bytes=call_usage.memory_current or 0,
                             cpu_seconds=(call_usage.cpu_usage_usec or 0) / 1e6,
                             elapsed_seconds=now - call.started_mono, frozen=self._frozen(call.path))
@@ -180,7 +180,7 @@ class Daemon:
     def _metrics_snapshot(self) -> dict[str, Any]:
         sandbox_usage: dict[str, dict[str, float | None]] = {}
         for name, sandbox in list(self.warden.sandboxes.items()):
-            usage = read_usage(sandbox.path)
+            usage = read_usage(sandbox.path, self.tree.fs)
             sandbox_usage[name] = {
                 "memory_bytes": usage.memory_current,
                 "cpu_seconds": usage.cpu_usage_usec / 1e6 if usage.cpu_usage_usec is not None else None,

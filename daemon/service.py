@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
+import os
 import secrets
 import threading
 import time
@@ -334,12 +335,14 @@ class Warden:
 
     def _check_attachable(self, principal: Principal, sandbox: Sandbox, pid: int) -> None:
         """A sandbox may only move its own processes: the pid must already live in its cgroup subtree."""
+        if principal.is_admin:  # may move any process: only check it exists, before anything is created
+            if not os.path.isdir(f"/proc/{pid}"):
+                raise NotFound(f"pid {pid}: no such process")
+            return
         try:
             cgroup_line = Path(f"/proc/{pid}/cgroup").read_text()
         except OSError:
             raise NotFound(f"pid {pid}: no such process") from None
-        if principal.is_admin:
-            return
         v2 = next((line.split(":", 2)[2] for line in cgroup_line.splitlines() if line.startswith("0::")), "")
         relative = "/" + str(sandbox.path.relative_to(self.cgroup_mount))
         if not (v2 == relative or v2.startswith(relative + "/")):
@@ -484,7 +487,7 @@ class Warden:
         self.unwatch_emptied(call.path)
         if kill:
             self.tree.kill(call.path)
-        usage = read_usage(call.path, totals_only=True)
+        usage = read_usage(call.path, self.tree.fs, totals_only=True)
         ended = time.time()
         peak, peak_source = (usage.memory_peak, "memory.peak") if usage.memory_peak is not None else (None,
                                                                                                        "unavailable")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from hostwarden.cgroups.cgroupfs import CgroupFs
 from hostwarden.cgroups.errors import CgroupIOError
@@ -29,12 +33,26 @@ def _error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _atomic(method: F) -> F:
+    """The kernel makes each cgroupfs read and write atomic; plain files are not (a reader can see a file
+    emptied mid-write), so the fake runs each operation under one lock."""
+    @functools.wraps(method)
+    def locked(self: FakeCgroupFs, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked  # type: ignore[return-value]
+
+
 class FakeCgroupFs(CgroupFs):
     """Kernel behaviour kept: interface files appear on mkdir, a cgroup's controllers are its parent's
     subtree_control, rmdir fails EBUSY while processes or children remain, writing a pid moves it,
     populated/frozen follow. Failures are injected per file name with `fail_write` / `fail_read`."""
 
     def __init__(self, root: Path, controllers: str = "cpu memory pids") -> None:
+        self._lock = threading.RLock()
         self.root = root
         self.fail_write: dict[str, int] = {}
         self.fail_read: dict[str, int] = {}
@@ -53,12 +71,14 @@ class FakeCgroupFs(CgroupFs):
             for name, text in _CONTROLLER_FILES.get(controller, {}).items():
                 (path / name).write_text(text)
 
+    @_atomic
     def mkdir(self, path: Path) -> None:
         if "mkdir" in self.fail_write:
             raise CgroupIOError("creating cgroup", path, _error(self.fail_write["mkdir"]))
         super().mkdir(path)
         self._populate(path, (path.parent / "cgroup.subtree_control").read_text().strip())
 
+    @_atomic
     def rmdir(self, path: Path) -> None:
         if not path.is_dir():
             raise CgroupIOError("removing cgroup", path, _error(errno.ENOENT))
@@ -68,11 +88,13 @@ class FakeCgroupFs(CgroupFs):
             raise CgroupIOError("removing cgroup", path, _error(errno.EBUSY))
         shutil.rmtree(path)
 
+    @_atomic
     def read(self, file: Path) -> str:
         if file.name in self.fail_read:
             raise CgroupIOError("reading", file, _error(self.fail_read[file.name]))
         return super().read(file)
 
+    @_atomic
     def write(self, file: Path, value: str) -> None:
         if file.name in self.fail_write:
             raise CgroupIOError(f"writing {value!r} to", file, _error(self.fail_write[file.name]))
@@ -114,10 +136,12 @@ class FakeCgroupFs(CgroupFs):
         current = (cgroup / "cgroup.subtree_control").read_text().split()
         (cgroup / "cgroup.subtree_control").write_text(" ".join([*current, controller]) + "\n")
 
+    @_atomic
     def put_process(self, cgroup: Path, pid: int) -> None:
         """A process appearing in `cgroup` by itself (forked there, or started by someone else)."""
         self._move(pid, cgroup)
 
+    @_atomic
     def refresh_populated(self) -> None:
         for events in self.root.rglob("cgroup.events"):
             cgroup = events.parent

@@ -38,7 +38,8 @@ class Clock:
         return self.now
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 3.0) -> None:
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    """Polls until `condition` holds; the generous timeout only matters on a loaded machine or a failure."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -191,8 +192,8 @@ def test_high_priority_protection_is_set_on_the_sandbox_and_its_calls_dir(fast: 
     wait_for(lambda: low_of(sandbox) == protection and low_of(sandbox / "calls") == protection, "protection")
     assert low_of(fast.warden.sandboxes["batch"].path) == 0
     fast.warden.end_call(ADMIN, first.call_id, 0)
-    wait_for(lambda: low_of(sandbox) == second.limits.memory_low, "protection of the remaining call only")
-    assert low_of(sandbox / "calls") == second.limits.memory_low
+    wait_for(lambda: low_of(sandbox) == second.limits.memory_low and low_of(sandbox / "calls")
+             == second.limits.memory_low, "protection of the remaining call only")
 
 
 def test_after_a_restart_the_ladder_thaws_the_call_it_had_frozen(tmp_path: Path, clock: Clock) -> None:
