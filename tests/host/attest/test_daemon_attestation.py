@@ -17,7 +17,7 @@ from hostwarden.attest.keylime_compat import keylime
 from hostwarden.client import Client
 from hostwarden.proto import warden_pb2 as pb
 from tests.host.attest.swtpm import Swtpm, tools_present
-from tests.host.daemon.conftest import DaemonProcess, cgroup_root  # noqa: F401 (fixture)
+from tests.host.daemon.conftest import DaemonProcess, cgroup_root, configured_daemon  # noqa: F401 (fixture)
 from tests.support import require
 from tests.unit.attest.synthetic import SyntheticLog, entry_for, write_policy
 
@@ -32,16 +32,7 @@ def attesting_daemon(tmp_path: Path, cgroup_root: Path) -> Iterator[tuple[Daemon
         swtpm.extend(10, entry.pcr_extend_value)
     (tmp_path / "ima.log").write_text(log.ascii())
     write_policy(tmp_path / "runtime-policy.json", log.entries[:2])  # cc is not allowed (yet)
-    config = tmp_path / "hostwarden.toml"
-    socket = tmp_path / "hw.sock"
-    config.write_text(f"""
-[daemon]
-socket = "{socket}"
-state_dir = "{tmp_path / 'state'}"
-cgroup_root = "{cgroup_root}"
-policy = "{tmp_path / 'policy.toml'}"
-[metrics]
-address = "127.0.0.1:0"
+    daemon = configured_daemon(tmp_path, cgroup_root, f"""
 [bpf]
 enabled = false
 [attest]
@@ -50,7 +41,6 @@ tpm_tcti = "{swtpm.tcti}"
 runtime_policy = "{tmp_path / 'runtime-policy.json'}"
 poll_seconds = 0.2
 """)
-    daemon = DaemonProcess(config, str(socket), tmp_path / "state", cgroup_root, tmp_path / "daemon.log")
     daemon.start()
     yield daemon, swtpm, log
     daemon.stop()

@@ -86,8 +86,9 @@ def cgroup_root() -> Iterator[Path]:
     remove_tree(root)
 
 
-@pytest.fixture
-def daemon_process(tmp_path: Path, cgroup_root: Path) -> Iterator[DaemonProcess]:
+def configured_daemon(tmp_path: Path, cgroup_root: Path, extra_toml: str = "") -> DaemonProcess:
+    """A daemon process (not started) with its own socket, state dir, policy path and cgroup root; `extra_toml`
+    adds sections ([bpf], [power], [attest]...)."""
     config = tmp_path / "hostwarden.toml"
     socket = tmp_path / "hw.sock"
     config.write_text(f"""
@@ -98,8 +99,13 @@ cgroup_root = "{cgroup_root}"
 policy = "{tmp_path / 'policy.toml'}"
 [metrics]
 address = "127.0.0.1:0"
-""")
-    daemon = DaemonProcess(config, str(socket), tmp_path / "state", cgroup_root, tmp_path / "daemon.log")
+""" + extra_toml)
+    return DaemonProcess(config, str(socket), tmp_path / "state", cgroup_root, tmp_path / "daemon.log")
+
+
+@pytest.fixture
+def daemon_process(tmp_path: Path, cgroup_root: Path) -> Iterator[DaemonProcess]:
+    daemon = configured_daemon(tmp_path, cgroup_root)
     daemon.start()
     yield daemon
     daemon.stop()

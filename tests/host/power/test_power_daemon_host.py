@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.host.daemon.conftest import DaemonProcess
+from tests.host.daemon.conftest import DaemonProcess, configured_daemon
 from tests.host.power.fake_rapl import FakeRaplTree
 
 WATTS_PER_CORE = 10.0
@@ -22,23 +22,13 @@ BURN = "import sys, time\nstart = time.process_time()\nwhile time.process_time()
 def powered_daemon(tmp_path: Path, cgroup_root: Path) -> Iterator[tuple[DaemonProcess, FakeRaplTree]]:
     # Wraps every half busy-second: several times over the two calls.
     with FakeRaplTree(tmp_path / "powercap", WATTS_PER_CORE, range_uj=int(WATTS_PER_CORE * 0.5e6)) as tree:
-        config = tmp_path / "hostwarden.toml"
-        config.write_text(f"""
-[daemon]
-socket = "{tmp_path / 'hw.sock'}"
-state_dir = "{tmp_path / 'state'}"
-cgroup_root = "{cgroup_root}"
-policy = "{tmp_path / 'policy.toml'}"
-[metrics]
-address = "127.0.0.1:0"
+        daemon = configured_daemon(tmp_path, cgroup_root, f"""
 [power]
 powercap_root = "{tree.root}"
 nvml = false
 idle_watts = 0
 sample_interval_seconds = 0.1
 """)
-        daemon = DaemonProcess(config, str(tmp_path / "hw.sock"), tmp_path / "state", cgroup_root,
-                               tmp_path / "daemon.log")
         daemon.start()
         try:
             yield daemon, tree
