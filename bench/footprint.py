@@ -118,11 +118,19 @@ def main() -> None:
 
     floor = measure_floor(idle_s)
     print(f"floor (bcc + the same programs, idle): {floor}")
+    if not floor["programs_loaded"]:
+        raise SystemExit("the floor process loaded no bpf program: no comparison possible (see its stderr)")
     workdir = Path(tempfile.mkdtemp(prefix="hostwarden-footprint-"))
     cgroup_root = mount / f"hostwarden-footprint-{os.getpid()}"
     daemon, socket = start_daemon(workdir, cgroup_root, bpf=True)
     try:
         time.sleep(3)  # start-up (program loading) settles
+        with Client(socket) as client:
+            caps = client.call("GetCapabilities", pb.GetCapabilitiesRequest()).capabilities
+        daemon_programs = sum(c.available for c in caps if c.name.startswith("bpf_") and c.name != "bpf_lsm")
+        if daemon_programs != floor["programs_loaded"]:
+            raise SystemExit(f"the daemon loaded {daemon_programs} bpf programs, the floor "
+                             f"{floor['programs_loaded']}: not the same programs, no comparison")
         idle = window(daemon.pid, idle_s)
         print(f"hostwarden idle: {idle}")
         with Client(socket) as client:
