@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import start_http_server
 
 from hostwarden import __version__, capabilities
+from hostwarden.cgroups.errors import CgroupError
 from hostwarden.cgroups.notify import CgroupWatcher
 from hostwarden.cgroups.root import discover_root
 from hostwarden.cgroups.tree import CgroupTree
@@ -201,6 +202,7 @@ class Daemon:
 
     def start(self) -> None:
         """Adopt what the cgroup tree and ledger hold, then serve the API and metrics."""
+        self._mark_cgroup_capabilities()
         self.watcher.start()
         for part in self.parts:
             part.start()
@@ -244,6 +246,16 @@ class Daemon:
                 last_reap = time.monotonic()
                 self.housekeeping()
         self.shutdown()
+
+    def _mark_cgroup_capabilities(self) -> None:
+        """cgroup v2 is always in use; a controller is in use where the daemon's root hands it to sandboxes."""
+        self.capabilities["cgroup_v2"].in_use = True
+        try:
+            enabled = set(self.tree.fs.read(self.root / "cgroup.subtree_control").split())
+        except CgroupError:
+            enabled = set()
+        for controller in ("memory", "cpu", "pids"):
+            self.capabilities[f"{controller}_controller"].in_use = controller in enabled
 
     def reload_config(self) -> None:
         """SIGHUP: re-read the config file; apply what can change live, log what needs a restart."""

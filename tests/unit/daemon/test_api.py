@@ -184,3 +184,19 @@ def test_housekeeping_reaps_strays_keeps_running_calls_and_applies_retention(dae
     assert not stray.exists()
     assert daemon.tree.call_path("sb", running.call_id).is_dir()
     assert daemon.ledger.get_call("old") is None
+
+
+def test_capabilities_say_what_the_daemon_uses(tmp_path):
+    daemon = make_daemon(tmp_path)
+    daemon.tree.fs.write(daemon.root / "cgroup.subtree_control", "+memory")  # as a host offering only memory
+    daemon.start()
+    try:
+        with Client(daemon.config.daemon.socket) as admin:
+            caps = {c.name: c for c in admin.call("GetCapabilities", pb.GetCapabilitiesRequest()).capabilities}
+    finally:
+        daemon.shutdown()
+    assert caps["cgroup_v2"].in_use
+    enabled = (daemon.root / "cgroup.subtree_control").read_text().split()
+    assert "memory" in enabled
+    for controller in ("memory", "cpu", "pids"):
+        assert caps[f"{controller}_controller"].in_use == (controller in enabled)
