@@ -5,6 +5,9 @@
  * Only tracepoint arguments, BPF helpers and BTF-typed pointers are read: the development hosts
  * compile against kernel headers that do not match the running kernel, so no struct offsets
  * from the headers may be trusted.
+ *
+ * Cost: every program runs on host-wide hot paths (each fork, exec, exit, RSS change), so each
+ * one filters first (watched cgroup, event kind wanted) and does no other work for what it drops.
  */
 
 #define EVENT_FORK 1
@@ -17,7 +20,10 @@
 #define EVENT_KIND_SLOTS 8
 
 #define MAX_WATCHED_CGROUPS 16384
-#define MAX_TRACKED_PROCESSES 65536
+#define MAX_TRACKED_PROCESSES 65536  /* mm_rss and reclaim_started entries */
+
+#define EVENT_PATH_SIZE 256
+#define EVENT_DIGEST_SIZE 64
 
 /* Written by user space only, except spike_fired, which the kernel sets when it reports a crossing. */
 struct watch_config {
@@ -25,7 +31,11 @@ struct watch_config {
     u64 spike_fired;      /* 1 once a crossing was reported; user space re-arms by rewriting the entry */
 };
 
-/* One layout for every event keeps the ring buffer and its decoder simple (see events.py). */
+/*
+ * Every ring-buffer record starts with this header; fork, exit, spike, OOM and reclaim records are
+ * only the header. Exec records add a path, exec-digest records a digest and a path: reserving
+ * (and filling) 400 bytes for an 80-byte event showed in the per-run cost. events.py decodes them.
+ */
 struct event {
     u32 kind;
     u32 pid;
@@ -38,12 +48,33 @@ struct event {
     s64 value2;
     s64 value3;
     char comm[16];
-    u8 digest[64];
-    char path[256];
 };
 
+struct path_event {
+    struct event header;
+    char path[EVENT_PATH_SIZE];
+};
+
+struct digest_event {
+    struct event header;
+    u8 digest[EVENT_DIGEST_SIZE];
+    char path[EVENT_PATH_SIZE];
+};
+
+/* The decoder (events.py) relies on these sizes. */
+_Static_assert(sizeof(struct event) == 80, "struct event layout changed: update events.py");
+_Static_assert(sizeof(struct path_event) == 80 + EVENT_PATH_SIZE, "struct path_event layout changed");
+_Static_assert(sizeof(struct digest_event) == 80 + EVENT_DIGEST_SIZE + EVENT_PATH_SIZE,
+               "struct digest_event layout changed");
+
+#define WAIT_STATUS_UNKNOWN (-1)
+
+/* A process of a watched cgroup: for exec, exit and OOM attribution. */
 struct process_info {
-    u64 ppid;
+    u32 tgid;         /* in process_slots: 0 marks a free slot */
+    u32 ppid;         /* 0: unknown (the process entered the cgroup from outside) */
+    s32 wait_status;  /* as waitpid reports it; WAIT_STATUS_UNKNOWN until an exit reason is seen */
+    u32 unused;
     u64 cgroup_id;
 };
 
@@ -59,29 +90,100 @@ BPF_RINGBUF_OUTPUT(events, 256);
 BPF_ARRAY(event_wanted, u32, EVENT_KIND_SLOTS);
 /* Ring buffer reservations that failed, per event kind: user space sums them as lost events. */
 BPF_PERCPU_ARRAY(events_lost, u64, EVENT_KIND_SLOTS);
-/* Processes of watched cgroups, by tgid: parent and cgroup for exec, exit and OOM attribution. */
-BPF_TABLE("lru_hash", u32, struct process_info, tracked_processes, MAX_TRACKED_PROCESSES);
+/*
+ * Processes of watched cgroups. Each fork writes one, so this is the hottest write: a hash insert
+ * (bucket lock, freelist, cold bucket) cost 300-500 ns per fork here, an LRU insert more. A process
+ * goes in the array slot of its tgid modulo PROCESS_SLOTS, which is plain memory (the verifier
+ * inlines array lookups); only when a live process already holds that slot (possible where
+ * pid_max > PROCESS_SLOTS) does it go in the overflow hash. Every entry is removed when its process
+ * exits (sched_process_exit runs for every process, watched or not). When both are full, new
+ * processes go untracked: their exec events carry ppid 0, and no exit event is sent for them.
+ * Claiming a slot is not atomic (bcc's default BPF target has no compare-and-swap): two forks
+ * racing for one slot on two CPUs could mix their entries; with pid_max up to PROCESS_SLOTS (the
+ * kernel's default pid_max is 32768) no two live processes ever share a slot.
+ */
+#ifndef PROCESS_SLOTS  /* a test defines smaller tables to exercise the overflow */
+#define PROCESS_SLOTS 32768
+#define MAX_OVERFLOW_PROCESSES 16384
+#endif
+BPF_ARRAY(process_slots, struct process_info, PROCESS_SLOTS);
+BPF_HASH(process_overflow, u32, struct process_info, MAX_OVERFLOW_PROCESSES);
 
-static __always_inline struct event *reserve_event(u32 kind, u64 cgroup_id)
+/* The process's array slot if it holds the process; costs no helper call. */
+static __always_inline struct process_info *find_process_slot(u32 tgid)
 {
-    u32 slot = kind;
-    u32 *wanted = event_wanted.lookup(&slot);
-    if (!wanted || !*wanted)
+    u32 index = tgid % PROCESS_SLOTS;
+    struct process_info *slot = process_slots.lookup(&index);
+    if (slot && slot->tgid == tgid)
+        return slot;
+    return 0;
+}
+
+static __always_inline struct process_info *find_process(u32 tgid)
+{
+    struct process_info *slot = find_process_slot(tgid);
+    return slot ? slot : process_overflow.lookup(&tgid);
+}
+
+static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, s32 wait_status)
+{
+    u32 index = tgid % PROCESS_SLOTS;
+    struct process_info *slot = process_slots.lookup(&index);
+    if (!slot)
+        return;  /* cannot happen (index < PROCESS_SLOTS); the verifier wants the check */
+    if (slot->tgid == 0 || slot->tgid == tgid) {  /* free, or left by an earlier process of this pid */
+        slot->tgid = tgid;
+        slot->ppid = ppid;
+        slot->wait_status = wait_status;
+        slot->cgroup_id = cgroup_id;
+        return;
+    }
+    struct process_info info = {.tgid = tgid, .ppid = ppid, .wait_status = wait_status, .cgroup_id = cgroup_id};
+    process_overflow.update(&tgid, &info);
+}
+
+static __always_inline void forget_process(u32 tgid)
+{
+    struct process_info *slot = find_process_slot(tgid);
+    if (slot)
+        slot->tgid = 0;
+    else
+        process_overflow.delete(&tgid);
+}
+
+static __always_inline int event_is_wanted(u32 kind)
+{
+    u32 *wanted = event_wanted.lookup(&kind);
+    return wanted && *wanted;
+}
+
+/*
+ * A ring-buffer record of `size` bytes (a compile-time constant) with its header filled in for the
+ * current task, or 0 when the kind is not wanted or the ring is full (counted as lost). Only the
+ * header is written here: the caller fills the rest of a longer record.
+ */
+static __always_inline void *reserve_event(u32 kind, u64 cgroup_id, u64 size)
+{
+    if (!event_is_wanted(kind))
         return 0;
-    struct event *event = events.ringbuf_reserve(sizeof(struct event));
+    struct event *event = events.ringbuf_reserve(size);
     if (!event) {
-        u64 *lost = events_lost.lookup(&slot);
+        u64 *lost = events_lost.lookup(&kind);
         if (lost)
             (*lost)++;
         return 0;
     }
-    __builtin_memset(event, 0, sizeof(*event));
     u64 pid_tgid = bpf_get_current_pid_tgid();
     event->kind = kind;
     event->pid = (u32)pid_tgid;
+    event->ppid = 0;
     event->tgid = pid_tgid >> 32;
     event->cgroup_id = cgroup_id;
     event->ktime_ns = bpf_ktime_get_ns();
-    bpf_get_current_comm(&event->comm, sizeof(event->comm));
+    event->value0 = 0;
+    event->value1 = 0;
+    event->value2 = 0;
+    event->value3 = 0;
+    bpf_get_current_comm(&event->comm, sizeof(event->comm));  /* fills (and pads) all 16 bytes */
     return event;
 }

@@ -1,6 +1,7 @@
 """Events the eBPF programs send to user space, and their decoding from ring-buffer records.
 
-Pure Python: the layout mirrors `struct event` in common.bpf.c.
+Pure Python: the layouts mirror `struct event`, `struct path_event` and `struct digest_event` in
+common.bpf.c. Every record starts with the header; only exec and exec-digest records are longer.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
-# struct event in common.bpf.c: kind, pid, ppid, tgid, cgroup_id, ktime_ns, value0..3, comm, digest, path.
-EVENT_LAYOUT = struct.Struct("<IIIIQQqqqq16s64s256s")
+# struct event in common.bpf.c: kind, pid, ppid, tgid, cgroup_id, ktime_ns, value0..3, comm.
+EVENT_HEADER = struct.Struct("<IIIIQQqqqq16s")
+# What follows the header in struct path_event (exec) and struct digest_event (exec digest).
+EXEC_TAIL = struct.Struct("<256s")
+EXEC_DIGEST_TAIL = struct.Struct("<64s256s")
 
 # enum hash_algo (include/uapi/linux/hash_info.h) -> (name, digest size): what bpf_ima_file_hash returns.
 IMA_HASH_ALGORITHMS: dict[int, tuple[str, int]] = {
@@ -33,6 +37,13 @@ class EventKind(enum.IntEnum):
     OOM = 5
     RECLAIM = 6
     EXEC_DIGEST = 7
+
+
+# Each kind's record size: the header alone, except for the two kinds that carry a path.
+RECORD_SIZES: dict[EventKind, int] = {kind: EVENT_HEADER.size for kind in EventKind} | {
+    EventKind.EXEC: EVENT_HEADER.size + EXEC_TAIL.size,
+    EventKind.EXEC_DIGEST: EVENT_HEADER.size + EXEC_DIGEST_TAIL.size,
+}
 
 
 class EventDecodeError(ValueError):
@@ -152,21 +163,28 @@ def _digest(algo_or_errno: int, raw: bytes) -> tuple[str | None, str | None, str
 
 def decode_event(record: bytes) -> BpfEvent:
     """Decode one ring-buffer record into its event; EventDecodeError if it is not one."""
-    if len(record) < EVENT_LAYOUT.size:
-        raise EventDecodeError(f"event record of {len(record)} bytes, expected {EVENT_LAYOUT.size}")
+    if len(record) < EVENT_HEADER.size:
+        raise EventDecodeError(f"event record of {len(record)} bytes, shorter than the "
+                               f"{EVENT_HEADER.size}-byte event header")
     (kind, pid, ppid, tgid, cgroup_id, ktime_ns, value0, value1, value2, value3,
-     comm_raw, digest_raw, path_raw) = EVENT_LAYOUT.unpack_from(record)
-    comm = _text(comm_raw)
+     comm_raw) = EVENT_HEADER.unpack_from(record)
     try:
         event_kind = EventKind(kind)
     except ValueError:
         raise EventDecodeError(f"unknown event kind {kind}") from None
+    if len(record) < RECORD_SIZES[event_kind]:
+        raise EventDecodeError(f"{event_kind.name.lower()} event record of {len(record)} bytes, "
+                               f"expected {RECORD_SIZES[event_kind]}")
+    comm = _text(comm_raw)
     if event_kind in (EventKind.FORK, EventKind.EXEC, EventKind.EXIT):
         exit_code, signal = _exit_reason(value0) if event_kind is EventKind.EXIT else (None, None)
+        filename = None
+        if event_kind is EventKind.EXEC:
+            (path_raw,) = EXEC_TAIL.unpack_from(record, EVENT_HEADER.size)
+            filename = _text(path_raw)
         return ProcessEvent(
             kind=event_kind.name.lower(),  # type: ignore[arg-type]  # FORK/EXEC/EXIT -> the Literal
-            pid=pid, ppid=ppid, tgid=tgid, cgroup_id=cgroup_id, comm=comm,
-            filename=_text(path_raw) if event_kind is EventKind.EXEC else None,
+            pid=pid, ppid=ppid, tgid=tgid, cgroup_id=cgroup_id, comm=comm, filename=filename,
             exit_code=exit_code, signal=signal, ktime_ns=ktime_ns,
         )
     if event_kind is EventKind.SPIKE:
@@ -178,6 +196,7 @@ def decode_event(record: bytes) -> BpfEvent:
         return ReclaimEvent(cgroup_id=cgroup_id, pid=pid, comm=comm, reclaimed_pages=value0,
                             duration_ns=value1, total_count=value2, total_duration_ns=value3,
                             ktime_ns=ktime_ns)
+    digest_raw, path_raw = EXEC_DIGEST_TAIL.unpack_from(record, EVENT_HEADER.size)
     digest_hex, algo, error = _digest(value0, digest_raw)
     return ExecDigestEvent(cgroup_id=cgroup_id, pid=pid, comm=comm, path=_text(path_raw),
                            digest_hex=digest_hex, algo=algo, error=error, ktime_ns=ktime_ns)

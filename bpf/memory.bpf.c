@@ -31,7 +31,7 @@ BPF_HASH(cgroup_memory, u64, struct cgroup_memory, MAX_WATCHED_CGROUPS);
 
 static __always_inline void report_spike(struct mm_rss *mm, s64 rss, u64 threshold, int own_mm)
 {
-    struct event *event = reserve_event(EVENT_SPIKE, mm->cgroup_id);
+    struct event *event = reserve_event(EVENT_SPIKE, mm->cgroup_id, sizeof(struct event));
     if (!event)
         return;
     if (!own_mm) {

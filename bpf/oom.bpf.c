@@ -3,7 +3,7 @@
 TRACEPOINT_PROBE(oom, mark_victim)
 {
     u32 victim = args->pid;
-    struct process_info *known = tracked_processes.lookup(&victim);
+    struct process_info *known = find_process(victim);
     u64 cgroup_id;
     if (known) {
         cgroup_id = known->cgroup_id;
@@ -13,7 +13,7 @@ TRACEPOINT_PROBE(oom, mark_victim)
         if (!watched_cgroups.lookup(&cgroup_id))
             return 0;
     }
-    struct event *event = reserve_event(EVENT_OOM, cgroup_id);
+    struct event *event = reserve_event(EVENT_OOM, cgroup_id, sizeof(struct event));
     if (!event)
         return 0;
     event->pid = victim;

@@ -51,7 +51,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_end)
         return 0;
     if (__sync_lock_test_and_set(&totals->last_event_ns, now) != last)
         return 0; /* another CPU reported this interval */
-    struct event *event = reserve_event(EVENT_RECLAIM, cgroup_id);
+    struct event *event = reserve_event(EVENT_RECLAIM, cgroup_id, sizeof(struct event));
     if (!event)
         return 0;
     event->value0 = reclaimed;

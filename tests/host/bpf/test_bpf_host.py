@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from hostwarden.bpf import BpfMonitor, EventKind, ProcessEvent, SpikeEvent
-from hostwarden.bpf.programs import DEFAULT_PROGRAMS, ProgramSpec, Tracepoint
+from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, ProgramSpec, Tracepoint, packaged_unit
 from tests.host.bpf.bpf_helpers import SHELL, EventLog, join_cgroup
 
 
@@ -53,6 +53,35 @@ def test_process_tree_yields_exact_lifecycle_events(monitor, event_log, cgroups)
         ("exit", parent, 0, None, 5, None),
     ]
     assert {event.cgroup_id for event in events} == {cgroup_id}
+
+
+def test_processes_beyond_the_slot_table_are_tracked_exactly_and_released(event_log, cgroups):
+    # Two slots and four overflow entries: most processes of the run go to the overflow hash, and a
+    # leaked entry would leave the later ones untracked (exec ppid 0, no exit event).
+    small_tables = "#define PROCESS_SLOTS 2\n#define MAX_OVERFLOW_PROCESSES 4\n" + packaged_unit(COMMON_UNIT)
+    log = EventLog()
+    small = BpfMonitor(log, programs=[p for p in DEFAULT_PROGRAMS if p.unit == "lifecycle"],
+                       extra_units={COMMON_UNIT: small_tables})
+    try:
+        assert all(status.loaded for status in small.start().values())
+        path, cgroup_id = cgroups.make("overflow")
+        small.watch(cgroup_id)
+        runs = 12
+        shell = subprocess.Popen([SHELL, "-c", f'for i in $(seq {runs}); do /bin/sh -c "exit 7"; done; exit 5'],
+                                 preexec_fn=join_cgroup(path))
+        assert shell.wait(timeout=20) == 5
+        events = lifecycle(log.wait_for(lambda seen: any(
+            e.kind == "exit" and e.pid == shell.pid for e in lifecycle(seen)), cgroup_id))
+        children = {event.pid for event in events if event.kind == "fork"} - {shell.pid}
+        assert len(children) == runs + 1, events  # seq, then the runs
+        for kind in ("exec", "exit"):
+            assert {event.pid: event.ppid for event in events if event.kind == kind and event.pid in children} \
+                == dict.fromkeys(children, shell.pid), kind
+        statuses = [event.exit_code for event in events if event.kind == "exit" and event.pid in children]
+        assert statuses.count(7) == runs and statuses.count(0) == 1
+        assert [event.exit_code for event in events if event.kind == "exit" and event.pid == shell.pid] == [5]
+    finally:
+        small.stop()
 
 
 def test_killed_process_reports_the_signal(monitor, event_log, cgroups):

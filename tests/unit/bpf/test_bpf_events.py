@@ -3,7 +3,10 @@ from __future__ import annotations
 import pytest
 
 from hostwarden.bpf.events import (
-    EVENT_LAYOUT,
+    EVENT_HEADER,
+    EXEC_DIGEST_TAIL,
+    EXEC_TAIL,
+    RECORD_SIZES,
     EventDecodeError,
     EventKind,
     ExecDigestEvent,
@@ -18,12 +21,22 @@ from hostwarden.bpf.events import (
 def record(kind: int, *, pid: int = 10, ppid: int = 9, tgid: int = 10, cgroup_id: int = 4242,
            ktime_ns: int = 123, values: tuple[int, int, int, int] = (0, 0, 0, 0), comm: bytes = b"sh",
            digest: bytes = b"", path: bytes = b"") -> bytes:
-    return EVENT_LAYOUT.pack(kind, pid, ppid, tgid, cgroup_id, ktime_ns, *values, comm, digest, path)
+    """A record as the programs write it: the header, then the tail its kind carries."""
+    header = EVENT_HEADER.pack(kind, pid, ppid, tgid, cgroup_id, ktime_ns, *values, comm)
+    if kind == EventKind.EXEC:
+        return header + EXEC_TAIL.pack(path)
+    if kind == EventKind.EXEC_DIGEST:
+        return header + EXEC_DIGEST_TAIL.pack(digest, path)
+    return header
 
 
-def test_layout_matches_the_c_struct_size():
-    # struct event in common.bpf.c: 4 u32 + 2 u64 + 4 s64 + comm[16] + digest[64] + path[256]
-    assert EVENT_LAYOUT.size == 16 + 16 + 32 + 16 + 64 + 256
+def test_layouts_match_the_c_struct_sizes():
+    # common.bpf.c asserts the same sizes (_Static_assert) for struct event, path_event, digest_event.
+    assert EVENT_HEADER.size == 16 + 16 + 32 + 16  # 4 u32 + 2 u64 + 4 s64 + comm[16]
+    assert RECORD_SIZES[EventKind.EXEC] == EVENT_HEADER.size + 256
+    assert RECORD_SIZES[EventKind.EXEC_DIGEST] == EVENT_HEADER.size + 64 + 256
+    assert {RECORD_SIZES[kind] for kind in (EventKind.FORK, EventKind.EXIT, EventKind.SPIKE, EventKind.OOM,
+                                            EventKind.RECLAIM)} == {EVENT_HEADER.size}
 
 
 def test_exec_carries_the_filename_and_no_exit_reason():
@@ -39,7 +52,7 @@ def test_exec_carries_the_filename_and_no_exit_reason():
     (-1, None, None),  # the probes never saw why it ended
 ])
 def test_exit_decodes_the_wait_status(wait_status, exit_code, signal):
-    event = decode_event(record(EventKind.EXIT, values=(wait_status, 0, 0, 0), path=b"ignored"))
+    event = decode_event(record(EventKind.EXIT, values=(wait_status, 0, 0, 0)))
     assert isinstance(event, ProcessEvent)
     assert (event.kind, event.exit_code, event.signal, event.filename) == ("exit", exit_code, signal, None)
 
@@ -76,5 +89,7 @@ def test_exec_digest_refused_by_the_kernel_says_why():
 def test_unknown_kind_and_short_records_are_refused():
     with pytest.raises(EventDecodeError, match="unknown event kind 99"):
         decode_event(record(99))
-    with pytest.raises(EventDecodeError, match="expected 400"):
+    with pytest.raises(EventDecodeError, match="16 bytes, shorter than the 80-byte event header"):
         decode_event(b"\0" * 16)
+    with pytest.raises(EventDecodeError, match="exec event record of 80 bytes, expected 336"):
+        decode_event(record(EventKind.EXEC)[:EVENT_HEADER.size])
