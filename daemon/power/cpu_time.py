@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -54,20 +56,34 @@ def parse_pid_cgroup(text: str) -> str | None:
     return None
 
 
+BUSY_READING_REUSE_S = 0.001
+
+
 class ProcCpuUsage:
     """CpuUsageReader over the real /proc and cgroup2 mount."""
 
-    def __init__(self, cgroup_mount: Path, proc: Path = Path("/proc")) -> None:
+    def __init__(self, cgroup_mount: Path, proc: Path = Path("/proc"),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._cgroup_mount = cgroup_mount
+        self._clock = clock
         self._proc = proc
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._cpus = os.cpu_count() or 1
+        self._last_busy: tuple[float, float] = (-1.0, 0.0)  # (monotonic time read, busy seconds)
 
     def cpu_count(self) -> int:
         return self._cpus
 
     def node_busy_seconds(self) -> float:
-        return parse_proc_stat_busy((self._proc / "stat").read_text(), self._ticks)
+        # /proc/stat advances in clock ticks (10 ms here): a reading less than a millisecond old is the same
+        # figure, so the meter and the model source reading it for one sample share one read.
+        now = self._clock()
+        read_at, busy = self._last_busy
+        if now - read_at < BUSY_READING_REUSE_S:
+            return busy
+        busy = parse_proc_stat_busy((self._proc / "stat").read_text(), self._ticks)
+        self._last_busy = (now, busy)
+        return busy
 
     def cgroup_cpu_seconds(self, cgroup: Path) -> float:
         try:
