@@ -44,6 +44,7 @@ class Reason(StrEnum):
     HIGHER_PRIORITY_PRESSURE = "higher_priority_pressure"
     PRESSURE_SUBSIDED = "pressure_subsided"
     STALLED_AT_MEMORY_MAX = "stalled_at_memory_max"
+    STALLED_WHILE_THROTTLED = "stalled_while_throttled"
     FROZEN_TOO_LONG = "frozen_too_long"
 
 
@@ -181,9 +182,12 @@ class _Round:
             running = not self.is_frozen(call)
             self.since(self.pressure_since, call.call_id, running and call.psi_some_avg10 >= settings.freeze_psi)
             stalling = running and call.psi_full_avg10 >= settings.kill_stall_psi
-            hit_max_again = call.events.max > seen.max
+            # A call held at a memory.high the ladder lowered cannot shrink without swap: stalling there is
+            # a stall at a limit like memory.max, and the kill rung must be able to end it.
+            hit_limit_again = call.events.max > seen.max or (
+                call.call_id in self.throttled_to and call.events.high > seen.high)
             self.since(self.stall_since, call.call_id,
-                       stalling and (hit_max_again or call.call_id in self.stall_since))
+                       stalling and (hit_limit_again or call.call_id in self.stall_since))
             if call.call_id in self.frozen_at:
                 self.since(self.calm_since, call.call_id, self.calm_for(call))
             else:
@@ -253,7 +257,8 @@ class _Round:
         candidates: list[tuple[CallObservation, Reason]] = []
         for call in self.calls.values():
             if self.sustained(self.stall_since, call.call_id, settings.kill_stall_after):
-                candidates.append((call, Reason.STALLED_AT_MEMORY_MAX))
+                candidates.append((call, Reason.STALLED_WHILE_THROTTLED if call.call_id in self.throttled_to
+                                   else Reason.STALLED_AT_MEMORY_MAX))
             elif (call.call_id in self.frozen_at and call.call_id not in self.calm_since
                   and self.now - self.frozen_since(call) >= settings.kill_frozen_after):
                 candidates.append((call, Reason.FROZEN_TOO_LONG))
@@ -272,6 +277,13 @@ class _Round:
                       f"{call.psi_full_avg10:.0f}% of the time for {stalled}",
                       f"the call needs more than {format_size(call.memory_max)}: rerun with fewer workers or "
                       "a larger memory intent")
+        elif reason is Reason.STALLED_WHILE_THROTTLED:
+            stalled = format_duration(self.now - self.stall_since[call.call_id])
+            self.emit(Action.KILL, call, reason,
+                      f"killed at {format_size(call.memory_current)}: held at memory.high "
+                      f"{format_size(self.throttled_to[call.call_id])} while the host was short of memory, it "
+                      f"stalled {call.psi_full_avg10:.0f}% of the time for {stalled} and could not shrink",
+                      "the host was short of memory for higher-priority work: rerun later, or with less memory")
         else:
             frozen_for = format_duration(self.now - self.frozen_since(call))
             self.emit(Action.KILL, call, reason,

@@ -129,6 +129,31 @@ def test_a_stalled_call_is_not_killed_while_a_lower_priority_call_runs_unfrozen(
     assert actions(history[0]) == [("kill", "h")]
 
 
+def test_a_throttled_call_that_stalls_at_its_lowered_memory_high_is_killed():
+    high = call("h", HIGH, current=4 * GIB, memory_max=8 * GIB)
+
+    def held(hits: int):  # at the memory.high the ladder set, hitting it again and again, stalled
+        return host(high, call("l", LOW, current=GIB, memory_high=int(GIB * 0.9), psi=80, full=70,
+                               events=MemoryEvents(high=hits)), available=2 * GIB)
+
+    history, state = run(POLICY, [(0, host(high, call("l", LOW, current=GIB), available=2 * GIB))])
+    assert actions(history[0]) == [("throttle", "l")]
+    history, _ = run(POLICY, [(2, held(5)), (7, held(9)), (12, held(14))], state)
+    kills = [[d for d in decisions if d.action is Action.KILL] for decisions in history]
+    assert [[d.call_id for d in k] for k in kills] == [[], [], ["l"]]
+    assert kills[2][0].reason is Reason.STALLED_WHILE_THROTTLED
+    assert "held at memory.high 922 MiB" in kills[2][0].detail
+
+
+def test_a_throttled_call_that_does_not_stall_is_not_killed():
+    high = call("h", HIGH, current=4 * GIB, memory_max=8 * GIB)
+    quiet = host(high, call("l", LOW, current=GIB, memory_high=int(GIB * 0.9), events=MemoryEvents(high=3)),
+                 available=2 * GIB)
+    history, state = run(POLICY, [(0, host(high, call("l", LOW, current=GIB), available=2 * GIB))])
+    history, _ = run(POLICY, [(2, quiet), (30, quiet)], state)
+    assert not [d for decisions in history for d in decisions if d.action is Action.KILL]
+
+
 def test_stall_needs_memory_max_hits_not_just_pressure():
     busy = host(call("l", LOW, psi=80, full=70))
     history, _ = run(POLICY, [(0, busy), (30, busy)])
