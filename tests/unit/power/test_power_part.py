@@ -21,6 +21,7 @@ from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.client import Client
 from hostwarden.config import Config, ConfigError, DaemonConfig, MetricsConfig
 from hostwarden.power import part as power_part
+from hostwarden.power.budget import BudgetAction
 from hostwarden.power.cpu_time import ProcCpuUsage
 from hostwarden.power.part import EnergyPart
 from hostwarden.proto import warden_pb2 as pb
@@ -122,6 +123,18 @@ def test_a_call_gets_its_cpu_share_of_measured_energy(running, node, sleeper):
 
     set_cpu(daemon.tree.sandbox_path("sb"), 1.5)   # the sandbox's subtree, agent included
     energy_part(daemon).meter.sample()
+
+
+def two_sandboxes_over_budget(daemon: Daemon, client: Client, node: FakeNode) -> tuple[EnergyPart, list[BudgetAction]]:
+    """Sandboxes hi and lo with the node far above the 100 W budget (~1000 J over ~0.15 s while each uses its
+    CPU) for two samples; returns the part and its first budget step (at 0 s). The next step is due at 2 s."""
+    create(client, "hi", priority=pb.PRIORITY_HIGH)
+    create(client, "lo", priority=pb.PRIORITY_LOW)
+    part = energy_part(daemon)
+    load_step(daemon, node, {"hi": 0.1, "lo": 0.2}, busy=0.3, joules=1000)
+    first = part.budget_step(0.0)
+    load_step(daemon, node, {"hi": 0.2, "lo": 0.4}, busy=0.3, joules=1000)
+    return part, first
     usage = client.call("GetUsage", pb.GetUsageRequest(sandbox="sb"))
     assert usage.energy_source == "measured" and usage.energy_joules == pytest.approx(15.0, rel=1e-6)
 
@@ -190,15 +203,10 @@ def load_step(daemon: Daemon, node: FakeNode, cpu: dict[str, float], *, busy: fl
                                       BUDGET_POLICY.format(dry_run="false"))], indirect=True)
 def test_power_budget_throttles_the_low_priority_sandbox_and_releases_it(running, node):
     daemon, client = running
-    create(client, "hi", priority=pb.PRIORITY_HIGH)
-    create(client, "lo", priority=pb.PRIORITY_LOW)
-    part = energy_part(daemon)
     events = daemon.bus.subscribe(kinds=["action"])
+    part, first = two_sandboxes_over_budget(daemon, client, node)
+    assert first == []              # above the budget, not yet for sustain_seconds
     lo_cpu_max = daemon.tree.sandbox_path("lo") / "cpu.max"
-    # Far above the 100 W budget: ~1000 J over ~0.15 s while each sandbox uses its CPU.
-    load_step(daemon, node, {"hi": 0.1, "lo": 0.2}, busy=0.3, joules=1000)
-    assert part.budget_step(0.0) == []              # above the budget, not yet for sustain_seconds
-    load_step(daemon, node, {"hi": 0.2, "lo": 0.4}, busy=0.3, joules=1000)
     [throttle] = part.budget_step(2.0)
     assert (throttle.sandbox, throttle.action) == ("lo", "throttle")
     assert lo_cpu_max.read_text().split()[0] != "max"
@@ -223,12 +231,7 @@ def test_power_budget_throttles_the_low_priority_sandbox_and_releases_it(running
                                       BUDGET_POLICY.format(dry_run="true"))], indirect=True)
 def test_dry_run_budget_records_the_throttle_without_writing_cpu_max(running, node):
     daemon, client = running
-    create(client, "hi", priority=pb.PRIORITY_HIGH)
-    create(client, "lo", priority=pb.PRIORITY_LOW)
-    part = energy_part(daemon)
-    load_step(daemon, node, {"hi": 0.1, "lo": 0.2}, busy=0.3, joules=1000)
-    part.budget_step(0.0)
-    load_step(daemon, node, {"hi": 0.2, "lo": 0.4}, busy=0.3, joules=1000)
+    part, _ = two_sandboxes_over_budget(daemon, client, node)
     assert [a.action for a in part.budget_step(2.0)] == ["throttle"]
     assert (daemon.tree.sandbox_path("lo") / "cpu.max").read_text().startswith("max")
     assert sandbox_actions(daemon, "lo") == [("throttle", "power_budget", True)]
@@ -238,12 +241,7 @@ def test_dry_run_budget_records_the_throttle_without_writing_cpu_max(running, no
                                       BUDGET_POLICY.format(dry_run="false"))], indirect=True)
 def test_removing_the_budget_from_the_policy_releases_every_throttle(running, node):
     daemon, client = running
-    create(client, "hi", priority=pb.PRIORITY_HIGH)
-    create(client, "lo", priority=pb.PRIORITY_LOW)
-    part = energy_part(daemon)
-    load_step(daemon, node, {"hi": 0.1, "lo": 0.2}, busy=0.3, joules=1000)
-    part.budget_step(0.0)
-    load_step(daemon, node, {"hi": 0.2, "lo": 0.4}, busy=0.3, joules=1000)
+    part, _ = two_sandboxes_over_budget(daemon, client, node)
     part.budget_step(2.0)
     client.call("SetPolicy", pb.SetPolicyRequest(toml="dry_run = false\n"))
     [release] = part.budget_step(2.1)   # power is still high: only the policy change lifts it
