@@ -47,7 +47,8 @@ time.sleep(3600)
 """
 
 # One load client: forks /bin/true per call (held on a pipe until attached, as `hostwarden exec` does),
-# paced to its share of the total rate, round-robin over the sandboxes.
+# paced to its share of the total rate, round-robin over the sandboxes; Begin and End on the tool-call
+# socket, as `hostwarden exec` sends them.
 CLIENT = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -61,9 +62,9 @@ done, start = 0, time.monotonic()
 while time.monotonic() - start < seconds:
     sandbox = f"s{first + done % count}"
     replies = []
-    wait_ok(spawn_held(None, attach=lambda pid: replies.append(client.call("BeginToolCall",
+    wait_ok(spawn_held(None, attach=lambda pid: replies.append(client.begin_call(
         pb.BeginToolCallRequest(sandbox=sandbox, tool="true", pid=pid)))))
-    client.call("EndToolCall", pb.EndToolCallRequest(call_id=replies[0].call_id, exit_code=0))
+    client.end_call(pb.EndToolCallRequest(call_id=replies[0].call_id, exit_code=0))
     done += 1
     delay = start + done / rate - time.monotonic()
     if delay > 0:

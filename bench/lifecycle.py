@@ -1,5 +1,7 @@
 """A full tool call through the daemon (Begin with the child's pid + run /bin/true + End) beside the raw
 cgroup baseline of bench/cgroup_ops.py (mkdir, attach, run, rmdir with no daemon), interleaved call by call.
+The daemon's row is the path `hostwarden exec` takes (Begin and End on the tool-call socket); the same
+calls over the gRPC RPCs are printed beside it for comparison, not judged.
 
 Starts a real daemon process on this host's cgroup v2 (its own socket, state dir and cgroup root) and
 talks to it over its unix socket from this process, one client, back to back. Last line of stdout: JSON.
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,21 +74,24 @@ def main() -> None:
         print(f"lifecycle: {calls} calls of /bin/true, daemon pid {daemon.pid}, kernel {platform.release()}, "
               f"{os.cpu_count()} CPUs (the daemon shares them)")
 
-        def daemon_call(_index: int) -> None:
-            replies: list[pb.BeginToolCallResponse] = []
-
-            def begin(pid: int) -> None:
-                replies.append(client.call("BeginToolCall", pb.BeginToolCallRequest(
-                    sandbox="bench", tool="true", pid=pid)))
-
-            wait_ok(spawn_held(None, attach=begin))
-            client.call("EndToolCall", pb.EndToolCallRequest(call_id=replies[0].call_id, exit_code=0))
+        def daemon_call(begin: Callable[[pb.BeginToolCallRequest], pb.BeginToolCallResponse],
+                        end: Callable[[pb.EndToolCallRequest], pb.ToolCall]) -> Callable[[int], None]:
+            def one(_index: int) -> None:
+                replies: list[pb.BeginToolCallResponse] = []
+                wait_ok(spawn_held(None, attach=lambda pid: replies.append(
+                    begin(pb.BeginToolCallRequest(sandbox="bench", tool="true", pid=pid)))))
+                end(pb.EndToolCallRequest(call_id=replies[0].call_id, exit_code=0))
+            return one
 
         figures = measure({
             "baseline: call cgroup, raw syscalls, no daemon": lambda i: raw_call(raw_dir / "calls", i),
-            "hostwarden: Begin(pid) + run + End over gRPC": daemon_call,
+            # What `hostwarden exec` and Client.begin_call / end_call use.
+            "hostwarden: Begin(pid)+run+End, call socket": daemon_call(client.begin_call, client.end_call),
+            "the same over gRPC (the Warden RPCs)": daemon_call(
+                lambda request: client.call("BeginToolCall", request),
+                lambda request: client.call("EndToolCall", request)),
         }, calls)
-        base, full = figures.values()
+        base, full, grpc_path = figures.values()
         ratio = full["p50_ms"] / base["p50_ms"]
         added = full["p50_ms"] - base["p50_ms"]
         verdict = {
@@ -104,7 +110,8 @@ def main() -> None:
             if path.exists():
                 os.rmdir(path)
     print(json.dumps({"bench": "lifecycle", "calls": calls, "kernel": platform.release(), "cpus": os.cpu_count(),
-                      "baseline_raw_cgroup_call": base, "hostwarden_call": full, "p50_ratio": round(ratio, 3),
+                      "baseline_raw_cgroup_call": base, "hostwarden_call": full, "hostwarden_call_grpc": grpc_path,
+                      "p50_ratio": round(ratio, 3),
                       "p50_added_ms": round(added, 3), "targets_met": verdict}))
 
 

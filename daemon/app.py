@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import start_http_server
 
 from hostwarden import __version__, capabilities
+from hostwarden.call_socket import CallSocketServer, call_socket_path
 from hostwarden.cgroups.errors import CgroupError
 from hostwarden.cgroups.notify import CgroupWatcher
 from hostwarden.cgroups.root import discover_root
@@ -89,6 +90,7 @@ class Daemon:
         self.warden.observers.extend(p for p in self.parts if isinstance(p, Observer))
         self.notifier = Notifier.from_environment()
         self.server: GrpcServer | None = None
+        self.call_server: CallSocketServer | None = None
         self.metrics_address = ""
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -218,8 +220,13 @@ class Daemon:
         self.server = GrpcServer(self, Path(daemon_config.socket), daemon_config.socket_group,
                                  tcp_address=daemon_config.tcp_address, tls=tls)
         self.server.start()
+        if daemon_config.call_socket:
+            self.call_server = CallSocketServer(self.warden, call_socket_path(daemon_config.socket),
+                                                daemon_config.socket_group)
+            self.call_server.start()
         self.bus.publish("daemon_started", f"hostwarden {__version__} serving on {self.config.daemon.socket}")
-        log.info("serving on %s (cgroup root %s)", self.config.daemon.socket, self.root)
+        log.info("serving on %s (cgroup root %s)%s", self.config.daemon.socket, self.root,
+                 f"; tool calls also on {self.call_server.path}" if self.call_server else "")
 
     def serve(self) -> None:
         """Run until SIGTERM/SIGINT; SIGHUP reloads the policy."""
@@ -291,6 +298,8 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop serving; sandboxes and running calls keep running (they are adopted on the next start)."""
         self.notifier.stopping()
+        if self.call_server is not None:
+            self.call_server.stop(grace=5)
         if self.server is not None:
             self.server.stop(grace=5)
         self.bus.close_all()

@@ -1,15 +1,23 @@
-"""A small client for the daemon's socket, used by the CLI, `hostwarden exec`, tests and benchmarks."""
+"""A small client for the daemon's sockets, used by the CLI, `hostwarden exec`, tests and benchmarks.
+
+Every RPC goes over gRPC, except begin_call / end_call: those take the tool-call socket
+(hostwarden.call_socket) when the daemon has one beside its gRPC socket, and gRPC otherwise.
+"""
 
 from __future__ import annotations
 
 import os
+import socket as sockets
+import threading
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from hostwarden.call_socket import MAX_REQUEST_BYTES, call_socket_path
 from hostwarden.config import DEFAULT_SOCKET
+from hostwarden.proto import call_socket_pb2 as cs
 from hostwarden.proto import warden_pb2 as pb
 from hostwarden.proto import warden_pb2_grpc as pb_grpc
 from hostwarden.server import TOKEN_METADATA
@@ -28,12 +36,33 @@ def read_token(token_file: Path | None) -> str | None:
     return token_file.read_text().strip() or None
 
 
+class CallSocketError(grpc.RpcError):
+    """A failed request on the tool-call socket, shaped like the grpc.RpcError the same RPC would raise."""
+
+    _CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+    def __init__(self, code: int | grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self._code = code if isinstance(code, grpc.StatusCode) else self._CODES.get(code, grpc.StatusCode.UNKNOWN)
+        self._message = message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+
 class Client:
     def __init__(self, socket: str, token: str | None = None) -> None:
         self.socket = socket
-        self.channel = grpc.insecure_channel(f"unix:{socket}")
-        self.stub = pb_grpc.WardenStub(self.channel)
+        self.token = token
         self.metadata = ((TOKEN_METADATA, token),) if token else ()
+        self._channel: grpc.Channel | None = None  # made at the first gRPC call: `exec` may need none
+        self._stub: pb_grpc.WardenStub | None = None
+        self._calls_path = call_socket_path(socket)
+        self._idle: list[sockets.socket] = []  # connected to the tool-call socket, not in use
+        self._idle_lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -42,13 +71,79 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        if self._channel is not None:
+            self._channel.close()
+        with self._idle_lock:
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
+
+    @property
+    def stub(self) -> pb_grpc.WardenStub:
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(f"unix:{self.socket}")
+            self._stub = pb_grpc.WardenStub(self._channel)
+        return self._stub
 
     def call(self, method: str, request: Any, timeout: float | None = 30.0) -> Any:
         return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
 
     def watch(self, request: pb.WatchEventsRequest) -> Any:
         return self.stub.WatchEvents(request, metadata=self.metadata)
+
+    def begin_call(self, request: pb.BeginToolCallRequest, timeout: float = 30.0) -> pb.BeginToolCallResponse:
+        """BeginToolCall, on the tool-call socket where the daemon has one."""
+        reply = self._on_call_socket(cs.CallSocketRequest(begin=request), timeout)
+        return self.call("BeginToolCall", request, timeout) if reply is None else reply.begin
+
+    def end_call(self, request: pb.EndToolCallRequest, timeout: float = 30.0) -> pb.ToolCall:
+        """EndToolCall, on the tool-call socket where the daemon has one."""
+        reply = self._on_call_socket(cs.CallSocketRequest(end=request), timeout)
+        return self.call("EndToolCall", request, timeout) if reply is None else reply.end
+
+    def _on_call_socket(self, request: cs.CallSocketRequest, timeout: float) -> cs.CallSocketReply | None:
+        """The reply, or None when the daemon has no tool-call socket (then gRPC serves the request)."""
+        conn = self._connection()
+        if conn is None:
+            return None
+        if self.token:
+            request.token = self.token
+        try:
+            conn.settimeout(timeout)
+            conn.send(request.SerializeToString())
+            data = conn.recv(MAX_REQUEST_BYTES)
+        except TimeoutError:
+            conn.close()  # a late reply would be read as the next request's
+            raise CallSocketError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no reply from {self._calls_path} within {timeout:g} s") from None
+        except OSError as exc:
+            conn.close()
+            raise CallSocketError(grpc.StatusCode.UNAVAILABLE, f"{self._calls_path}: {exc}") from None
+        if not data:
+            conn.close()
+            raise CallSocketError(grpc.StatusCode.UNAVAILABLE,
+                                  f"{self._calls_path}: the daemon closed the connection (stopping?)")
+        with self._idle_lock:
+            self._idle.append(conn)
+        reply = cs.CallSocketReply.FromString(data)
+        if reply.code:
+            raise CallSocketError(reply.code, reply.message)
+        return reply
+
+    def _connection(self) -> sockets.socket | None:
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        conn = sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET | sockets.SOCK_CLOEXEC)
+        try:
+            conn.connect(str(self._calls_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+            return None
+        except OSError as exc:
+            conn.close()
+            raise CallSocketError(grpc.StatusCode.UNAVAILABLE, f"{self._calls_path}: {exc}") from None
+        return conn
 
 
 def to_dict(message: Any) -> dict[str, Any]:

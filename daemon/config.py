@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 class DaemonConfig:
     socket: str = DEFAULT_SOCKET
     socket_group: str = "hostwarden"
+    call_socket: bool = True  # the tool-call socket beside `socket` (hostwarden.call_socket)
     state_dir: Path = Path("/var/lib/hostwarden")
     cgroup_root: str | None = None  # None: the systemd-delegated subtree, else <cgroup2 mount>/hostwarden
     policy: Path = Path("/etc/hostwarden/policy.toml")

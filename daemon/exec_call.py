@@ -1,8 +1,9 @@
 """`hostwarden exec`: run one command as one tool call, attached to its cgroup before it runs.
 
 The child is forked before the gRPC channel exists (see WaitingChild.fork) and
-blocks on a pipe; the daemon moves it into the call cgroup (BeginToolCall with its pid), then the parent
-releases it to exec the command. Signals the parent receives are forwarded to the child.
+blocks on a pipe; the daemon moves it into the call cgroup (BeginToolCall with its pid, on the tool-call
+socket where the daemon has one), then the parent releases it to exec the command. Signals the parent
+receives are forwarded to the child.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def run_tool_call(client: Client, child: WaitingChild, sandbox: str, tool: str, 
                 for sig in FORWARDED_SIGNALS}
     try:
         try:
-            reply = client.call("BeginToolCall", pb.BeginToolCallRequest(
+            reply = client.begin_call(pb.BeginToolCallRequest(
                 sandbox=sandbox, tool=tool, intent=intent, command=" ".join(argv)[:200], pid=child.pid))
         except grpc.RpcError as exc:
             child.discard()
@@ -115,7 +116,7 @@ def run_tool_call(client: Client, child: WaitingChild, sandbox: str, tool: str, 
     if exec_error:
         print(f"hostwarden exec: {exec_error}", file=sys.stderr)
     try:
-        summary = client.call("EndToolCall", pb.EndToolCallRequest(call_id=reply.call_id, exit_code=code))
+        summary = client.end_call(pb.EndToolCallRequest(call_id=reply.call_id, exit_code=code))
     except grpc.RpcError as exc:
         print(f"hostwarden exec: EndToolCall failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return ExecResult(code, None, reply.call_id)

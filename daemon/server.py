@@ -120,6 +120,32 @@ def call_message(summary: dict[str, Any]) -> pb.ToolCall:
     return msg
 
 
+def begin_tool_call(warden: Any, principal: Any, request: pb.BeginToolCallRequest) -> pb.BeginToolCallResponse:
+    """BeginToolCall for either transport (this gRPC server or hostwarden.call_socket)."""
+    i = request.intent
+    wanted = priority_name(i.priority, "intent.priority")
+    intent = Intent(
+        memory_max=i.memory_max_bytes if i.HasField("memory_max_bytes") else None,
+        memory_high=i.memory_high_bytes if i.HasField("memory_high_bytes") else None,
+        cpu_cores=i.cpu_cores if i.HasField("cpu_cores") else None,
+        timeout_s=i.timeout_seconds if i.HasField("timeout_seconds") else None,
+        priority=Priority(wanted) if wanted else None, auto=i.auto)
+    call = warden.begin_call(principal, request.sandbox, request.tool, intent, request.command, request.pid)
+    reply = pb.BeginToolCallResponse(call_id=call.call_id, cgroup_path=str(call.path))
+    for limit in call.granted:
+        reply.limits.add(name=limit["name"], value=str(limit["value"]), reason=limit["reason"],
+                         enforced=limit["enforced"])
+    if call.deadline_mono is not None:
+        reply.deadline.CopyFrom(timestamp(time.time() + call.deadline_mono - time.monotonic()))
+    return reply
+
+
+def end_tool_call(warden: Any, principal: Any, request: pb.EndToolCallRequest) -> pb.ToolCall:
+    """EndToolCall for either transport."""
+    exit_code = request.exit_code if request.HasField("exit_code") else None
+    return call_message(warden.end_call(principal, request.call_id, exit_code))
+
+
 class WardenServicer(pb_grpc.WardenServicer):
     """Translates RPCs to the Daemon facade (hostwarden.daemon.Daemon)."""
 
@@ -166,23 +192,7 @@ class WardenServicer(pb_grpc.WardenServicer):
 
     @_abort_on_error
     def BeginToolCall(self, request: pb.BeginToolCallRequest, context: grpc.ServicerContext) -> Any:
-        i = request.intent
-        wanted = priority_name(i.priority, "intent.priority")
-        intent = Intent(
-            memory_max=i.memory_max_bytes if i.HasField("memory_max_bytes") else None,
-            memory_high=i.memory_high_bytes if i.HasField("memory_high_bytes") else None,
-            cpu_cores=i.cpu_cores if i.HasField("cpu_cores") else None,
-            timeout_s=i.timeout_seconds if i.HasField("timeout_seconds") else None,
-            priority=Priority(wanted) if wanted else None, auto=i.auto)
-        call = self.d.warden.begin_call(self._principal(context), request.sandbox, request.tool, intent,
-                                        request.command, request.pid)
-        reply = pb.BeginToolCallResponse(call_id=call.call_id, cgroup_path=str(call.path))
-        for limit in call.granted:
-            reply.limits.add(name=limit["name"], value=str(limit["value"]), reason=limit["reason"],
-                             enforced=limit["enforced"])
-        if call.deadline_mono is not None:
-            reply.deadline.CopyFrom(timestamp(time.time() + call.deadline_mono - time.monotonic()))
-        return reply
+        return begin_tool_call(self.d.warden, self._principal(context), request)
 
     @_abort_on_error
     def AttachProcess(self, request: pb.AttachProcessRequest, context: grpc.ServicerContext) -> Any:
@@ -191,8 +201,7 @@ class WardenServicer(pb_grpc.WardenServicer):
 
     @_abort_on_error
     def EndToolCall(self, request: pb.EndToolCallRequest, context: grpc.ServicerContext) -> Any:
-        exit_code = request.exit_code if request.HasField("exit_code") else None
-        return call_message(self.d.warden.end_call(self._principal(context), request.call_id, exit_code))
+        return end_tool_call(self.d.warden, self._principal(context), request)
 
     @_abort_on_error
     def GetToolCall(self, request: pb.GetToolCallRequest, context: grpc.ServicerContext) -> Any:
@@ -271,15 +280,15 @@ class WardenServicer(pb_grpc.WardenServicer):
         return self.d.status_message()
 
 
-def _add_unix_port(server: grpc.Server, path: Path, group: str) -> None:
-    """Bind the socket with its final mode from the start (umask 0117 -> 0660), so there is no chmod race;
+def bind_unix_socket(path: Path, group: str, bind: Callable[[str], object]) -> None:
+    """Bind a socket with its final mode from the start (umask 0117 -> 0660), so there is no chmod race;
     then hand it to the `hostwarden` group."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket():
         path.unlink()  # a stale socket from a previous run; a live daemon would still hold its pid file
     old = os.umask(0o117)
     try:
-        server.add_insecure_port(f"unix:{path}")
+        bind(str(path))
     finally:
         os.umask(old)
     try:
@@ -302,7 +311,7 @@ class GrpcServer:
             (pb.DESCRIPTOR.services_by_name["Warden"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
             self.server)
         self.socket_path = socket_path
-        _add_unix_port(self.server, socket_path, socket_group)
+        bind_unix_socket(socket_path, socket_group, lambda path: self.server.add_insecure_port(f"unix:{path}"))
         if tcp_address and tls:
             key, cert, ca = tls
             creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
