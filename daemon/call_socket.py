@@ -73,7 +73,8 @@ class CallSocketServer:
         self._acceptor.join(grace)
         self.listener.close()
         for conn in connections:
-            conn.shutdown(socket.SHUT_RD)  # wakes a thread waiting for its next request, not one replying
+            with contextlib.suppress(OSError):  # closed meanwhile by its peer
+                conn.shutdown(socket.SHUT_RD)  # wakes a thread waiting for its next request, not one replying
         for thread in connections.values():
             thread.join(grace)
         self.path.unlink(missing_ok=True)

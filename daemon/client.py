@@ -103,15 +103,27 @@ class Client:
 
     def _on_call_socket(self, request: cs.CallSocketRequest, timeout: float) -> cs.CallSocketReply | None:
         """The reply, or None when the daemon has no tool-call socket (then gRPC serves the request)."""
-        conn = self._connection()
-        if conn is None:
-            return None
         if self.token:
             request.token = self.token
+        data = request.SerializeToString()
+        conn, reused = self._connection()
+        if conn is None:
+            return None
         try:
             conn.settimeout(timeout)
-            conn.send(request.SerializeToString())
-            data = conn.recv(MAX_REQUEST_BYTES)
+            try:
+                conn.send(data)
+            except OSError:
+                if not reused:
+                    raise
+                # An idle connection the daemon closed (it restarted): the request never reached it.
+                conn.close()
+                conn, _ = self._connection(fresh=True)
+                if conn is None:
+                    return None
+                conn.settimeout(timeout)
+                conn.send(data)
+            answer = conn.recv(MAX_REQUEST_BYTES)
         except TimeoutError:
             conn.close()  # a late reply would be read as the next request's
             raise CallSocketError(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -119,31 +131,33 @@ class Client:
         except OSError as exc:
             conn.close()
             raise CallSocketError(grpc.StatusCode.UNAVAILABLE, f"{self._calls_path}: {exc}") from None
-        if not data:
+        if not answer:
             conn.close()
             raise CallSocketError(grpc.StatusCode.UNAVAILABLE,
                                   f"{self._calls_path}: the daemon closed the connection (stopping?)")
         with self._idle_lock:
             self._idle.append(conn)
-        reply = cs.CallSocketReply.FromString(data)
+        reply = cs.CallSocketReply.FromString(answer)
         if reply.code:
             raise CallSocketError(reply.code, reply.message)
         return reply
 
-    def _connection(self) -> sockets.socket | None:
-        with self._idle_lock:
-            if self._idle:
-                return self._idle.pop()
+    def _connection(self, *, fresh: bool = False) -> tuple[sockets.socket | None, bool]:
+        """An idle connection (reused: True) or a new one; None where the socket does not exist."""
+        if not fresh:
+            with self._idle_lock:
+                if self._idle:
+                    return self._idle.pop(), True
         conn = sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET | sockets.SOCK_CLOEXEC)
         try:
             conn.connect(str(self._calls_path))
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
-            return None
+            return None, False
         except OSError as exc:
             conn.close()
             raise CallSocketError(grpc.StatusCode.UNAVAILABLE, f"{self._calls_path}: {exc}") from None
-        return conn
+        return conn, False
 
 
 def to_dict(message: Any) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from hostwarden.call_socket import call_socket_path
 from tests.host.daemon.conftest import HOSTWARDEN, DaemonProcess
 
 ALLOCATE_100M = "import time; b = bytearray(100 * 2**20); b[::4096] = b'x' * (len(b) // 4096); time.sleep(0.2)"
@@ -38,6 +40,8 @@ def ledger_row(daemon: DaemonProcess, call_id: str) -> tuple:
 
 def test_exec_memory_hungry_command(daemon_process: DaemonProcess, tmp_path: Path):
     d = daemon_process
+    # `exec` sends Begin and End on the tool-call socket, bound beside the gRPC socket with its mode.
+    assert stat.S_IMODE(call_socket_path(d.socket).stat().st_mode) == 0o660
     created = json.loads(d.cli("sandbox", "create", "sb", "--label", "team=a", "--json").stdout)
     assert created["token"] and Path(created["sandbox"]["cgroup_path"]).is_dir()
     summary_file = tmp_path / "summary.json"
