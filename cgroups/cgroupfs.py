@@ -23,6 +23,19 @@ def parse_keyed(text: str) -> dict[str, int]:
     return values
 
 
+def read_small_file(file: str | os.PathLike[str]) -> str:
+    """A kernel file of a few bytes (cgroupfs, /proc): plain read(2) calls, not open()'s buffered text
+    layer, since the daemon reads several per tool call. OSError as the syscalls raise it."""
+    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 class CgroupFs:
     """Direct access to a real cgroupfs."""
 
@@ -40,8 +53,7 @@ class CgroupFs:
 
     def read(self, file: Path) -> str:
         try:
-            with open(file) as handle:
-                return handle.read()
+            return read_small_file(file)
         except OSError as error:
             raise CgroupIOError("reading", file, error) from error
 

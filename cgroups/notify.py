@@ -155,7 +155,15 @@ class CgroupWatcher:
                 self._by_wd[memory_wd] = state
             self._by_wd[events_wd] = state
             self._by_path[cgroup] = state
-            # Changes before the inotify watch existed raised no event: look once on the thread.
+            # Changes before the inotify watch existed raised no event: look once now. Only a cgroup that
+            # emptied already wakes the thread to report it (the common case, running, costs one read).
+            try:
+                populated = self._fs.read_keyed(cgroup / "cgroup.events").get("populated", 0) == 1
+            except CgroupIOError:
+                populated = False  # removed meanwhile: the thread's look finds out
+            if populated:
+                state.populated = True
+                return
             self._recheck.add(cgroup)
         os.eventfd_write(self._wake, 1)
 
@@ -256,7 +264,8 @@ class CgroupWatcher:
                 if increases:
                     self._call(self._on_memory_event, path, increases)
         except CgroupIOError as error:
-            if error.errno != errno.ENOENT:  # removed between the event and the read: nothing to report
+            # Removed between the event and the read (ENOENT, or ENODEV from a file of a removed cgroup).
+            if error.errno not in (errno.ENOENT, errno.ENODEV):
                 log.warning("cgroup watcher: %s", error)
 
     def _fire_trigger(self, fd: int, mask: int) -> None:

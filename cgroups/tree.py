@@ -69,7 +69,10 @@ class CgroupTree:
 
     def __init__(self, root: Path, fs: CgroupFs | None = None) -> None:
         self.root = Path(root).resolve()
+        self._root_text = str(self.root)
+        self._root_prefix = self._root_text.rstrip("/") + "/"
         self.fs = fs or CgroupFs()
+        self._has_kill_file: bool | None = None  # cgroup.kill (Linux >= 5.14), looked up at the first kill
         if not (self.root / "cgroup.procs").exists():
             raise CgroupNotFound(f"{self.root} is not a cgroup (no cgroup.procs): create it on a cgroup2 "
                                  "mount or fix the configured root")
@@ -82,11 +85,13 @@ class CgroupTree:
         The check is lexical: cgroupfs cannot hold symlinks, and the root itself was resolved once, so
         this is as strict as resolving and far cheaper on the per-call path.
         """
-        normal = Path(os.path.normpath(os.path.join(self.root, path)))
-        if normal == self.root or not normal.is_relative_to(self.root):
+        text = os.fspath(path)
+        normal = os.path.normpath(os.path.join(self._root_text, text))
+        if not normal.startswith(self._root_prefix):
             raise PathEscape(f"{path} is not inside the daemon's cgroup root {self.root}: only cgroups below "
                              "the root can be used")
-        return normal
+        # Strings, not Path arithmetic: this runs several times per tool call.
+        return path if normal == text and isinstance(path, Path) else Path(normal)
 
     def sandbox_path(self, name: str) -> Path:
         validate_name(name, "sandbox name")
@@ -247,7 +252,9 @@ class CgroupTree:
         """SIGKILL every process below `path`: cgroup.kill, or where the kernel lacks it (< 5.14), freeze,
         signal each process and thaw, so nothing forks past the kill."""
         path = self._existing(path)
-        if (path / "cgroup.kill").exists():
+        if self._has_kill_file is None:
+            self._has_kill_file = (path / "cgroup.kill").exists()
+        if self._has_kill_file:
             self.fs.write(path / "cgroup.kill", "1")
             return
         has_freezer = (path / "cgroup.freeze").exists()
@@ -336,7 +343,10 @@ class CgroupTree:
 
     def cgroup_id(self, path: Path) -> int:
         """The id bpf_get_current_cgroup_id() reports for tasks in `path`: its inode number on cgroup2."""
-        return os.stat(self._existing(path)).st_ino
+        try:
+            return os.stat(self.inside(path)).st_ino
+        except FileNotFoundError:
+            raise CgroupNotFound(f"no cgroup at {path}: it was removed or never created") from None
 
     # --- helpers -----------------------------------------------------------------------------------------
 

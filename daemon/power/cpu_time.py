@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from hostwarden.cgroups.cgroupfs import read_small_file
 from hostwarden.power.types import PowerError
 
 # /proc/stat "cpu" columns that are work done on this node's CPUs: user nice system irq softirq.
@@ -81,13 +82,13 @@ class ProcCpuUsage:
         read_at, busy = self._last_busy
         if now - read_at < BUSY_READING_REUSE_S:
             return busy
-        busy = parse_proc_stat_busy((self._proc / "stat").read_text(), self._ticks)
+        busy = parse_proc_stat_busy(read_small_file(self._proc / "stat"), self._ticks)
         self._last_busy = (now, busy)
         return busy
 
     def cgroup_cpu_seconds(self, cgroup: Path) -> float:
         try:
-            return parse_cpu_stat_usage((cgroup / "cpu.stat").read_text())
+            return parse_cpu_stat_usage(read_small_file(cgroup / "cpu.stat"))
         except OSError as exc:
             raise PowerError(f"cannot read CPU time of cgroup {cgroup}: {exc.strerror}; it must be a cgroup "
                              "v2 directory that still exists (end a call's energy before removing its cgroup)"
