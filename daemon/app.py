@@ -240,6 +240,7 @@ class Daemon:
         last_reap = time.monotonic()
         while not self._stop.wait(tick):
             self.notifier.watchdog()
+            self.ledger.checkpoint()
             if self._reload.is_set():
                 self._reload.clear()
                 self.notifier.reloading()

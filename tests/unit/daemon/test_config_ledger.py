@@ -47,6 +47,20 @@ def test_ledger_wal_schema_and_retention(tmp_path):
     assert reopened.get_call("c2").summary == {"peak_memory_bytes": 7}
 
 
+def test_ledger_checkpoints_only_when_asked(tmp_path):
+    """No automatic checkpoint inside a tool call's commit: the WAL keeps growing until checkpoint()."""
+    ledger = Ledger(tmp_path / "l.db")
+    for i in range(400):
+        ledger.begin_call(f"c{i}", "sb", "t", "cmd", f"/x/{i}", 100.0 + i, None, [{"name": "memory.max"}] * 8)
+        ledger.finish_call(f"c{i}", 101.0 + i, {"limits": [{"name": "memory.max"}] * 8})
+    copied = ledger.checkpoint()
+    assert copied > 1000  # SQLite's default would have checkpointed at 1000 frames
+    assert ledger.checkpoint() == copied  # nothing new: the same frames, already in the database
+    ledger.close()
+    reopened = sqlite3.connect(tmp_path / "l.db")
+    assert reopened.execute("SELECT count(*) FROM calls WHERE state='finished'").fetchone()[0] == 400
+
+
 def test_ledger_refuses_a_newer_schema(tmp_path):
     Ledger(tmp_path / "l.db").close()
     sqlite3.connect(tmp_path / "l.db").execute("PRAGMA user_version = 99")
