@@ -10,7 +10,7 @@ from hostwarden.ledger import Ledger
 
 def test_empty_config_is_all_defaults():
     config = parse_config("", "x.toml")
-    assert config.daemon.socket == "/run/hostwarden/hostwarden.sock"
+    assert config.daemon.socket == "/run/hostwarden/hostwarden.sock" and config.daemon.call_socket
     assert config.metrics.address.startswith("127.0.0.1:")
 
 
@@ -21,6 +21,7 @@ def test_empty_config_is_all_defaults():
     ("[metrix]\n", "metrix"),
     ("[daemon]\ntcp_address = '127.0.0.1:1'\n", "daemon.tcp_address"),
     ("[bpf]\nenabled = 1\n", "bpf.enabled"),
+    ("[daemon]\ncall_socket = 'yes'\n", "daemon.call_socket"),
 ])
 def test_bad_config_names_the_key(text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
