@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from _bpf_bench import ScratchCgroup
 
 from hostwarden.bpf import BpfMonitor, EventKind
-from hostwarden.monitor import MONITOR_EVENT_KINDS
+from hostwarden.monitor import MONITOR_DEDUP_EXECS, MONITOR_EVENT_KINDS
 
 LOOP = 'i=0; while [ "$i" -lt {count} ]; do /bin/true; i=$((i+1)); done'
 
@@ -60,7 +60,7 @@ def main() -> None:
         runs: dict[str, list[int]] = {}
         for _ in range(rounds):
             off.append(run_load(cgroup, count))
-            monitor = BpfMonitor(lambda _event: None, event_kinds=event_kinds)
+            monitor = BpfMonitor(lambda _event: None, event_kinds=event_kinds, dedup_execs=MONITOR_DEDUP_EXECS)
             statuses = monitor.start()
             monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
             before = monitor.program_stats()

@@ -29,6 +29,7 @@
 struct watch_config {
     u64 spike_threshold;  /* bytes of summed process RSS; 0: no spike detection */
     u64 spike_fired;      /* 1 once a crossing was reported; user space re-arms by rewriting the entry */
+    u64 watch_serial;     /* a new one at every watch(): exec deduplication's entries belong to one watch */
 };
 
 /*

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import itertools
 import logging
 import os
 import platform
@@ -171,12 +172,17 @@ class BpfMonitor:
         extra_units: Mapping[str, str] | None = None,
         sys_root: Path = Path("/sys"),
         event_kinds: Collection[EventKind] = tuple(EventKind),
+        dedup_execs: bool = False,
     ) -> None:
         """`extra_units` are C sources (by unit name) for programs not shipped in the package.
         `event_kinds` are the events to deliver; the programs send no others to user space (each
-        event costs a ring-buffer record in the kernel and a decode here)."""
+        event costs a ring-buffer record in the kernel and a decode here). `dedup_execs`: exec
+        events report each path once per watch() of a cgroup (its first exec), not every exec;
+        rarely a path is reported again (when its set of the kernel's table was full: lifecycle.bpf.c)."""
         self._on_event = on_event
         self._event_kinds = frozenset(event_kinds)
+        self._dedup_execs = dedup_execs
+        self._watch_serials = itertools.count(1)
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
         self._sys_root = sys_root
@@ -228,6 +234,9 @@ class BpfMonitor:
             wanted = self._bpf[b"event_wanted"]
             for kind in self._event_kinds:
                 wanted[wanted.Key(int(kind))] = wanted.Leaf(1)
+            if self._dedup_execs and self._table_known("exec_dedup"):
+                dedup = self._table("exec_dedup")
+                dedup[dedup.Key(0)] = dedup.Leaf(1)
         for spec in candidates:
             if spec.unit in compile_failures:
                 statuses[spec.name] = ProgramStatus(spec.name, False, compile_failures[spec.unit])
@@ -417,7 +426,7 @@ class BpfMonitor:
         _check_threshold(spike_threshold_bytes)
         with self._lock:
             watched = self._table("watched_cgroups")
-            watched[watched.Key(cgroup_id)] = watched.Leaf(spike_threshold_bytes or 0, 0)
+            watched[watched.Key(cgroup_id)] = watched.Leaf(spike_threshold_bytes or 0, 0, next(self._watch_serials))
             for name in ("cgroup_memory", "reclaim_totals"):
                 if self._table_known(name):
                     table = self._table(name)
@@ -434,9 +443,11 @@ class BpfMonitor:
         with self._lock:
             watched = self._table("watched_cgroups")
             key = watched.Key(cgroup_id)
-            if key not in watched:
-                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
-            watched[key] = watched.Leaf(spike_threshold_bytes or 0, 0)
+            try:
+                serial = watched[key].watch_serial
+            except KeyError:
+                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first") from None
+            watched[key] = watched.Leaf(spike_threshold_bytes or 0, 0, serial)
 
     def unwatch(self, cgroup_id: int) -> None:
         """Stop observing a cgroup and drop its kernel-side totals. Unknown ids are ignored."""

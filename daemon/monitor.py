@@ -57,6 +57,10 @@ SPIKE_PROGRAM = "rss_stat"
 # Fork and exit events are not used here: leaving them in the kernel saves two ring-buffer records and
 # two decodes per process (see docs/benchmarks.md).
 MONITOR_EVENT_KINDS = frozenset(EventKind) - {EventKind.FORK, EventKind.EXIT}
+# Exec events once per path and watched cgroup (deduplicated in the kernel): `executables` list each path once
+# anyway, and the integrity part's path-only fallback joins a path to its latest IMA entry; a ring-buffer record
+# per exec cost more than the rest of the exec program (docs/bpf.md).
+MONITOR_DEDUP_EXECS = True
 
 # (sandbox, executed path, IMA digest as hex or None where the kernel gave none)
 ExecDigestSink = Callable[[str, str, str | None], None]
@@ -86,7 +90,7 @@ BackendFactory = Callable[[Callable[[BpfEvent], None]], BpfBackend]
 
 
 def default_backend(on_event: Callable[[BpfEvent], None]) -> BpfBackend:
-    return BpfMonitor(on_event, event_kinds=MONITOR_EVENT_KINDS)
+    return BpfMonitor(on_event, event_kinds=MONITOR_EVENT_KINDS, dedup_execs=MONITOR_DEDUP_EXECS)
 
 
 def spike_threshold_for(call: RunningCall) -> int | None:

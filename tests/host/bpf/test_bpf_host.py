@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -174,10 +175,12 @@ for offset in range(0, size, 4096):
 def test_spike_above_threshold_yields_one_event_naming_the_process(monitor, event_log, cgroups):
     bpf_monitor, _ = monitor
     path, cgroup_id = cgroups.make("spike")
-    threshold = 64 << 20
+    # The allocator is forked from this test process: until it execs, its copy of our resident memory
+    # (bcc and LLVM make it tens of MiB) counts in the cgroup, so the threshold is set above it.
+    threshold = (64 << 20) + resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    size = threshold + (64 << 20)
     bpf_monitor.watch(cgroup_id, spike_threshold_bytes=threshold)
-    allocator = subprocess.Popen([sys.executable, "-c", ALLOCATE, str(128 << 20)],
-                                 preexec_fn=join_cgroup(path))
+    allocator = subprocess.Popen([sys.executable, "-c", ALLOCATE, str(size)], preexec_fn=join_cgroup(path))
     assert allocator.wait(timeout=30) == 0
     event_log.wait_for(lambda seen: any(e.kind == "exit" for e in lifecycle(seen)), cgroup_id)
     time.sleep(0.2)
@@ -188,7 +191,7 @@ def test_spike_above_threshold_yields_one_event_naming_the_process(monitor, even
     assert spike.comm == Path(sys.executable).name[:15]  # the kernel names a task after the path it exec'd
     assert spike.bytes >= threshold
     rss = bpf_monitor.cgroup_rss(cgroup_id)
-    assert rss is not None and rss.peak_bytes >= 128 << 20
+    assert rss is not None and rss.peak_bytes >= size
     assert rss.rss_bytes < 1 << 20  # the process is gone: its memory is no longer counted
 
 
@@ -229,3 +232,62 @@ def test_only_the_event_kinds_asked_for_are_sent(cgroups):
         assert exec_only.program_stats()["process_fork"].run_count > 0  # it ran, and sent nothing
     finally:
         exec_only.stop()
+
+
+def test_deduplicated_execs_report_each_path_once_per_watch_and_keep_fork_and_exit_exact(cgroups, tmp_path):
+    received = EventLog()
+    dedup = BpfMonitor(received, programs=[p for p in DEFAULT_PROGRAMS if p.unit == "lifecycle"],
+                       dedup_execs=True)
+    script = "/bin/true; /bin/true; /bin/echo >/dev/null; /bin/true; exit 5"
+
+    def run(path: Path, cgroup_id: int) -> tuple[int, list[ProcessEvent]]:
+        shell = subprocess.Popen([SHELL, "-c", script], preexec_fn=join_cgroup(path))
+        assert shell.wait(timeout=10) == 5
+        return shell.pid, lifecycle(received.wait_for(lambda seen: any(
+            e.kind == "exit" and e.pid == shell.pid for e in lifecycle(seen)), cgroup_id))
+
+    try:
+        assert all(status.loaded for status in dedup.start().values())
+        first_path, first_id = cgroups.make("dedup-first")
+        second_path, second_id = cgroups.make("dedup-second")
+        dedup.watch(first_id)
+        dedup.watch(second_id)
+        for path, cgroup_id in ((first_path, first_id), (second_path, second_id)):
+            shell, events = run(path, cgroup_id)
+            true1, true2, echo, true3 = [e.pid for e in events if e.kind == "fork"]
+            assert [(e.kind, e.pid, e.ppid, e.filename, e.exit_code) for e in events] == [
+                ("exec", shell, 0, SHELL, None),
+                ("fork", true1, shell, None, None),
+                ("exec", true1, shell, "/bin/true", None),
+                ("exit", true1, shell, None, 0),
+                ("fork", true2, shell, None, None),  # its exec of /bin/true is not reported again
+                ("exit", true2, shell, None, 0),
+                ("fork", echo, shell, None, None),
+                ("exec", echo, shell, "/bin/echo", None),
+                ("exit", echo, shell, None, 0),
+                ("fork", true3, shell, None, None),
+                ("exit", true3, shell, None, 0),
+                ("exit", shell, 0, None, 5),
+            ]
+
+        # Paths that differ in a character or two, run in turns: each is reported once (they must not push
+        # each other out of the kernel's table).
+        tools = [tmp_path / f"t{index}" for index in range(1, 21)]
+        for tool in tools:
+            tool.symlink_to("/bin/true")
+        loop = "; ".join(str(tool) for tool in tools)
+        subprocess.run([SHELL, "-c", f"for round in 1 2; do {loop}; done"], preexec_fn=join_cgroup(second_path),
+                       check=True)
+        dedup.flush()
+        assert [e.filename for e in lifecycle(received.for_cgroup(second_id)) if e.kind == "exec"][3:] == [
+            str(tool) for tool in tools]  # not the shell: its path was reported already
+
+        # A new watch of a cgroup reports its paths again.
+        dedup.unwatch(first_id)
+        dedup.watch(first_id)
+        subprocess.run(["/bin/true"], preexec_fn=join_cgroup(first_path), check=True)
+        dedup.flush()
+        assert [e.filename for e in lifecycle(received.for_cgroup(first_id)) if e.kind == "exec"][-2:] == [
+            "/bin/echo", "/bin/true"]
+    finally:
+        dedup.stop()
