@@ -20,7 +20,7 @@
 #define EVENT_KIND_SLOTS 8
 
 #define MAX_WATCHED_CGROUPS 16384
-#define MAX_TRACKED_PROCESSES 65536  /* mm_rss and reclaim_started entries */
+#define MAX_TRACKED_PROCESSES 65536  /* mm_overflow and reclaim_started entries */
 
 #define EVENT_PATH_SIZE 256
 #define EVENT_DIGEST_SIZE 64

@@ -16,7 +16,8 @@ struct mm_rss {
     s64 anon;
     s64 shmem;
     u64 cgroup_id;
-    u64 tgid;
+    u32 tgid;
+    u32 mm_id;        /* in mm_slots: 0 marks a free slot */
     char comm[16];
 };
 
@@ -26,8 +27,64 @@ struct cgroup_memory {
     s64 peak;
 };
 
-BPF_TABLE("lru_hash", u32, struct mm_rss, mm_rss, MAX_TRACKED_PROCESSES);
+/*
+ * The mms of watched processes, like the process table (common.bpf.c): each in the array slot of its
+ * mm_id modulo MM_SLOTS (plain memory, inlined lookup; an LRU hash lookup and insert cost about 13 ns
+ * more per run on average here, where this program runs ~77 times per short process), or in the
+ * overflow LRU when a live mm holds that slot. An mm leaves its slot when its counters reach zero (exit
+ * or exec teardown); a slot whose owner cgroup is no longer watched may be taken over, so an mm whose
+ * teardown was never seen does not hold its slot forever.
+ */
+#ifndef MM_SLOTS  /* a test defines a smaller table to exercise the overflow */
+#define MM_SLOTS 16384
+#endif
+
+BPF_ARRAY(mm_slots, struct mm_rss, MM_SLOTS);
+BPF_TABLE("lru_hash", u32, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
 BPF_HASH(cgroup_memory, u64, struct cgroup_memory, MAX_WATCHED_CGROUPS);
+
+static __always_inline struct mm_rss *find_mm(u32 mm_id)
+{
+    u32 index = mm_id % MM_SLOTS;
+    struct mm_rss *slot = mm_slots.lookup(&index);
+    if (slot && slot->mm_id == mm_id)
+        return slot;
+    return mm_overflow.lookup(&mm_id);
+}
+
+/* A new mm of the current task (in watched cgroup `cgroup_id`), with zero counters. */
+static __always_inline struct mm_rss *track_mm(u32 mm_id, u64 cgroup_id)
+{
+    u32 index = mm_id % MM_SLOTS;
+    struct mm_rss *slot = mm_slots.lookup(&index);
+    if (!slot)
+        return 0;  /* cannot happen (index < MM_SLOTS); the verifier wants the check */
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (slot->mm_id == 0 || !cgroup_memory.lookup(&slot->cgroup_id)) {
+        slot->file = 0;
+        slot->anon = 0;
+        slot->shmem = 0;
+        slot->cgroup_id = cgroup_id;
+        slot->tgid = tgid;
+        slot->mm_id = mm_id;
+        bpf_get_current_comm(&slot->comm, sizeof(slot->comm));
+        return slot;
+    }
+    struct mm_rss fresh = {.cgroup_id = cgroup_id, .tgid = tgid, .mm_id = mm_id};
+    bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+    mm_overflow.insert(&mm_id, &fresh);
+    return mm_overflow.lookup(&mm_id);
+}
+
+static __always_inline void forget_mm(struct mm_rss *mm, u32 mm_id)
+{
+    u32 index = mm_id % MM_SLOTS;
+    struct mm_rss *slot = mm_slots.lookup(&index);
+    if (slot == mm)
+        slot->mm_id = 0;
+    else
+        mm_overflow.delete(&mm_id);
+}
 
 static __always_inline void report_spike(struct mm_rss *mm, s64 rss, u64 threshold, int own_mm)
 {
@@ -45,8 +102,33 @@ static __always_inline void report_spike(struct mm_rss *mm, s64 rss, u64 thresho
     events.ringbuf_submit(event, 0);
 }
 
+/* Adds an mm's change to its owner cgroup's RSS (unless no longer watched) and reports a crossing. */
+static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta, struct watch_config *config, u64 cgroup_id,
+                                         int own_mm)
+{
+    u64 owner = mm->cgroup_id;
+    struct cgroup_memory *memory = cgroup_memory.lookup(&owner);
+    if (!memory)
+        return;
+    s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
+    if (rss > memory->peak)
+        memory->peak = rss;
+    if (owner != cgroup_id)
+        config = watched_cgroups.lookup(&owner);
+    if (!config || config->spike_threshold == 0)
+        return;
+    s64 threshold = config->spike_threshold;
+    /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
+    if (rss >= threshold && __sync_lock_test_and_set(&config->spike_fired, 1) == 0)
+        report_spike(mm, rss, threshold, own_mm && owner == cgroup_id);
+}
+
 TRACEPOINT_PROBE(kmem, rss_stat)
 {
+    /* Swap entries (MM_SWAPENTS) are not resident memory: dropped before any lookup. */
+    int member = args->member;
+    if (member != RSS_MEMBER_FILE && member != RSS_MEMBER_ANON && member != RSS_MEMBER_SHMEM)
+        return 0;
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
     int own_mm = args->curr;
@@ -55,56 +137,27 @@ TRACEPOINT_PROBE(kmem, rss_stat)
     if (!config) {
         if (own_mm)
             return 0; /* an unwatched process touching its own memory: the common case, cheap */
-        mm = mm_rss.lookup(&mm_id);
+        mm = find_mm(mm_id);
         if (!mm)
             return 0;
     } else {
-        mm = mm_rss.lookup(&mm_id);
+        mm = find_mm(mm_id);
         if (!mm) {
             if (!own_mm)
                 return 0;
-            u64 pid_tgid = bpf_get_current_pid_tgid();
-            struct mm_rss fresh = {.cgroup_id = cgroup_id, .tgid = pid_tgid >> 32};
-            bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-            mm_rss.insert(&mm_id, &fresh);
-            mm = mm_rss.lookup(&mm_id);
+            mm = track_mm(mm_id, cgroup_id);
             if (!mm)
                 return 0;
         }
     }
 
-    s64 *counter;
-    int member = args->member;
-    if (member == RSS_MEMBER_FILE)
-        counter = &mm->file;
-    else if (member == RSS_MEMBER_ANON)
-        counter = &mm->anon;
-    else if (member == RSS_MEMBER_SHMEM)
-        counter = &mm->shmem;
-    else
-        return 0;
+    s64 *counter = member == RSS_MEMBER_FILE ? &mm->file : member == RSS_MEMBER_ANON ? &mm->anon : &mm->shmem;
     s64 size = args->size;
     s64 delta = size - __sync_lock_test_and_set(counter, size);
     if (delta == 0)
         return 0;
-    u64 owner = mm->cgroup_id;
+    add_to_owner(mm, delta, config, cgroup_id, own_mm);
     if (mm->file == 0 && mm->anon == 0 && mm->shmem == 0)
-        mm_rss.delete(&mm_id); /* the mm is gone (exit or exec teardown) */
-
-    struct cgroup_memory *memory = cgroup_memory.lookup(&owner);
-    if (!memory)
-        return 0; /* the owner cgroup is no longer watched */
-    s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
-    if (rss > memory->peak)
-        memory->peak = rss;
-
-    if (owner != cgroup_id)
-        config = watched_cgroups.lookup(&owner);
-    if (!config || config->spike_threshold == 0)
-        return 0;
-    s64 threshold = config->spike_threshold;
-    /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
-    if (rss >= threshold && __sync_lock_test_and_set(&config->spike_fired, 1) == 0)
-        report_spike(mm, rss, threshold, own_mm && owner == cgroup_id);
+        forget_mm(mm, mm_id); /* the mm is gone (exit or exec teardown) */
     return 0;
 }

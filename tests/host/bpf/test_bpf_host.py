@@ -195,6 +195,34 @@ def test_spike_above_threshold_yields_one_event_naming_the_process(monitor, even
     assert rss.rss_bytes < 1 << 20  # the process is gone: its memory is no longer counted
 
 
+HOLD = "import sys; b = bytearray(int(sys.argv[1])); b[::4096] = b'x' * len(b[::4096]); sys.stdin.read()"
+
+
+def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups):
+    # Two slots for the mms of the watched processes: most go to the overflow LRU, and the sum must still
+    # add up and fall back to about zero when they exit (a lost entry would leave its bytes counted).
+    small_slots = "#define MM_SLOTS 2\n" + packaged_unit("memory")
+    small = BpfMonitor(EventLog(), programs=[p for p in DEFAULT_PROGRAMS if p.unit == "memory"],
+                       extra_units={"memory": small_slots})
+    try:
+        assert all(status.loaded for status in small.start().values())
+        path, cgroup_id = cgroups.make("mm-overflow")
+        small.watch(cgroup_id)
+        size, count = 32 << 20, 4
+        for _ in range(2):  # the second round needs the slots and entries the first one released
+            holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(size)], stdin=subprocess.PIPE,
+                                        preexec_fn=join_cgroup(path)) for _ in range(count)]
+            deadline = time.monotonic() + 20
+            while (rss := small.cgroup_rss(cgroup_id)).rss_bytes < count * size and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert count * size <= rss.rss_bytes <= count * (size + (24 << 20)), rss  # plus each interpreter
+            for holder in holders:
+                holder.communicate(b"")
+            assert small.cgroup_rss(cgroup_id).rss_bytes < 1 << 20
+    finally:
+        small.stop()
+
+
 def test_program_stats_count_runs_and_time(monitor):
     bpf_monitor, _ = monitor
     stats = bpf_monitor.program_stats()
