@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 
 from hostwarden.call_socket import MAX_REQUEST_BYTES, call_socket_path
@@ -160,5 +161,24 @@ class Client:
         return conn, False
 
 
+_INT64_TYPES = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
+
+
 def to_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """The message as JSON-ready data, field names as in the proto; 64-bit integers stay numbers (the proto3
+    JSON mapping writes them as strings, which would make `jq '.peak_memory_bytes > 1e9'` compare text)."""
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _int64_as_numbers(message.DESCRIPTOR, data)
+    return data
+
+
+def _int64_as_numbers(descriptor: Any, data: dict[str, Any]) -> None:
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.cpp_type in _INT64_TYPES:
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE and field.message_type.GetOptions().map_entry is False:
+            for item in value if isinstance(value, list) else [value]:
+                _int64_as_numbers(field.message_type, item)

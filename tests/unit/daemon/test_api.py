@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from hostwarden.client import Client
+from hostwarden.client import Client, to_dict
 from hostwarden.proto import warden_pb2 as pb
 from tests.unit.daemon.conftest import create, make_daemon
 
@@ -200,3 +200,13 @@ def test_capabilities_say_what_the_daemon_uses(tmp_path):
     assert "memory" in enabled
     for controller in ("memory", "cpu", "pids"):
         assert caps[f"{controller}_controller"].in_use == (controller in enabled)
+
+
+def test_json_keeps_64_bit_integers_numbers():
+    """The proto3 JSON mapping writes (u)int64 as strings; the CLI's --json and --summary-json do not."""
+    call = pb.ToolCall(call_id="c", peak_memory_bytes=3 * 2**40, net_rx_bytes=5)
+    call.actions.add(kind="kill")
+    listed = to_dict(pb.ListToolCallsResponse(calls=[call]))["calls"][0]
+    assert listed["peak_memory_bytes"] == 3 * 2**40 and listed["net_rx_bytes"] == 5
+    assert to_dict(pb.Event(seq=2**63, kind="x"))["seq"] == 2**63
+    assert to_dict(pb.Sandbox(name="s", labels={"a": "1"}))["labels"] == {"a": "1"}
