@@ -79,7 +79,7 @@ class Daemon:
         self.root = tree.root
         self.ledger = Ledger(config.daemon.state_dir / "ledger.sqlite3")
         self.bus = EventBus(config.daemon.event_queue_size)
-        self.policy = PolicyRuntime(config.daemon.policy, self.bus)
+        self.policy = PolicyRuntime(config.daemon.policy, self.bus, config.daemon.state_dir / "policy-set.toml")
         self.metrics = Metrics(self._metrics_snapshot)
         self.warden = Warden(self.tree, cgroup_mount, self.ledger, self.bus, self.policy.resolve,
                              on_call_finished=self.metrics.call_finished, on_action=self.metrics.action)

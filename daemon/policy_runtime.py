@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from hostwarden.cgroups.limits import Limits
-from hostwarden.errors import InvalidArgument
+from hostwarden.errors import FailedPrecondition, InvalidArgument
 from hostwarden.events import EventBus
 from hostwarden.policy.resolve import Grant, Intent, resolve
 from hostwarden.policy.schema import Policy, PolicyError, Priority, SandboxInfo, default_policy, parse_policy
 from hostwarden.proto import warden_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """The whole text or the previous file, never half of it, even across a crash (temp file, fsync, rename)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with temporary.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def grant_limits(grant: Grant) -> Limits:
@@ -27,16 +41,38 @@ def grant_limits(grant: Grant) -> Limits:
 
 
 class PolicyRuntime:
-    def __init__(self, path: Path, bus: EventBus) -> None:
+    """`path` is the operator's file (/etc/hostwarden/policy.toml). A policy given by SetPolicy is kept in
+    `saved` (in the state directory, since /etc is read-only to the daemon) and outlives restarts, until
+    the operator's file is reloaded (SIGHUP) or is newer at start-up: then the file rules again."""
+
+    def __init__(self, path: Path, bus: EventBus, saved: Path | None = None) -> None:
         self.path = path
+        self.saved = saved
         self.bus = bus
         self._lock = threading.Lock()
         self.policy: Policy = default_policy()
         self.text = ""
         self.source = "built-in defaults"
+        if self._saved_is_newest():
+            assert saved is not None
+            try:
+                text = saved.read_text()
+                self.policy, self.text, self.source = self._parse(text, str(saved)), text, self._saved_source()
+                return
+            except (OSError, PolicyError) as exc:  # written validated, so only a damaged file: say so, go on
+                log.error("the policy kept from SetPolicy (%s) is unusable, %s: %s", saved,
+                          "falling back to " + str(path) if path.exists() else "using the defaults", exc)
         if path.exists():
             self.policy = self._parse(path.read_text(), str(path))  # a bad file at start-up is fatal
             self.text, self.source = path.read_text(), str(path)
+
+    def _saved_is_newest(self) -> bool:
+        if self.saved is None or not self.saved.exists():
+            return False
+        return not self.path.exists() or self.saved.stat().st_mtime >= self.path.stat().st_mtime
+
+    def _saved_source(self) -> str:
+        return f"SetPolicy (kept in {self.saved})"
 
     @staticmethod
     def _parse(text: str, source: str) -> Policy:
@@ -77,13 +113,24 @@ class PolicyRuntime:
             self._replace(text, str(self.path))
         except PolicyError:
             return False
+        if self.saved is not None and self.saved.exists():
+            self.saved.unlink()
+            log.info("the policy kept from SetPolicy (%s) is dropped: %s rules again", self.saved, self.path)
         return True
 
     def set(self, text: str) -> pb.PolicyDocument:
+        """Validate, keep it where a restart finds it, then put it in force."""
         try:
-            self._replace(text, "SetPolicy")
+            self._parse(text, "SetPolicy")
         except PolicyError as exc:
             raise InvalidArgument(f"policy rejected, the running policy stays: {exc}") from exc
+        if self.saved is not None:
+            try:
+                write_atomically(self.saved, text)
+            except OSError as exc:
+                raise FailedPrecondition(f"cannot keep the policy in {self.saved} ({exc.strerror}); the running "
+                                         "policy stays: free the state directory, then retry") from exc
+        self._replace(text, self._saved_source() if self.saved is not None else "SetPolicy")
         return self.document()
 
     def validate(self, text: str) -> pb.ValidatePolicyResponse:

@@ -137,7 +137,44 @@ def test_policy_set_validate_and_rejection_keeps_old(daemon, admin):
     with pytest.raises(grpc.RpcError):
         admin.call("SetPolicy", pb.SetPolicyRequest(toml="[defaults]\nmemory_max = 'x'\n"))
     doc = admin.call("GetPolicy", pb.GetPolicyRequest())
-    assert doc.source == "SetPolicy" and json.loads(doc.effective_json)["defaults"]["memory_max"] == 2**30
+    assert doc.source.startswith("SetPolicy") and json.loads(doc.effective_json)["defaults"]["memory_max"] == 2**30
+
+
+def memory_max_of(daemon) -> int:
+    return daemon.policy.current().defaults.memory_max
+
+
+def test_set_policy_outlives_a_restart_until_the_file_rules_again(tmp_path):
+    first = make_daemon(tmp_path, policy="[defaults]\nmemory_max = '2G'\n")
+    first.start()
+    with Client(first.config.daemon.socket) as admin:
+        admin.call("SetPolicy", pb.SetPolicyRequest(toml="[defaults]\nmemory_max = '1G'\n"))
+    first.shutdown()
+    saved = tmp_path / "state" / "policy-set.toml"
+    assert saved.read_text() == "[defaults]\nmemory_max = '1G'\n"
+    second = make_daemon(tmp_path)  # the file is older than what SetPolicy gave: that stays in force
+    try:
+        assert memory_max_of(second) == 2**30 and second.policy.source.startswith("SetPolicy")
+        assert second.policy.reload()  # SIGHUP: the operator's file rules again, the kept one is dropped
+        assert memory_max_of(second) == 2 * 2**30 and not saved.exists()
+    finally:
+        second.ledger.close()
+    saved.write_text("[defaults]\nmemory_max = '1G'\n")
+    os.utime(tmp_path / "policy.toml", (time.time() + 60, time.time() + 60))  # edited after the SetPolicy
+    third = make_daemon(tmp_path)
+    try:
+        assert memory_max_of(third) == 2 * 2**30 and third.policy.source == str(tmp_path / "policy.toml")
+    finally:
+        third.ledger.close()
+
+
+def test_set_policy_that_cannot_be_kept_changes_nothing(daemon, admin):
+    (daemon.config.daemon.state_dir / "policy-set.toml").mkdir()  # where the file would go: not writable
+    before = memory_max_of(daemon)
+    with pytest.raises(grpc.RpcError) as info:
+        admin.call("SetPolicy", pb.SetPolicyRequest(toml="[defaults]\nmemory_max = '1G'\n"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "policy-set.toml" in info.value.details()
+    assert memory_max_of(daemon) == before
 
 
 def test_restart_adopts_sandboxes_and_running_calls(tmp_path, sleeper):
