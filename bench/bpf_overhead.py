@@ -1,33 +1,64 @@
-"""eBPF overhead on a fork/exec-heavy load: thousands of /bin/true inside a watched cgroup, with
-the probes off and on (alternating rounds), and each program's mean cost per run
-(kernel BPF run-time statistics). Both the load's wall time and its CPU time (user + system of
-the shell and its children: the probes run in the context of the process they observe) are
-compared; CPU time is far less disturbed by other work on a shared machine. The event reader's
-own CPU (a thread of this process, not of the load) is reported apart. Last line of stdout: JSON."""
+"""eBPF overhead on a fork/exec-heavy load: short rounds of /bin/true processes inside a watched cgroup,
+in pairs of one round with the probes off and one with them on (order alternating from pair to pair,
+the programs loaded afresh for each on round), and each program's mean cost per run (kernel BPF
+run-time statistics).
+
+The slowdown is the median over pairs of the on/off ratio of the load's wall time and of its CPU time
+(user + system of the shell and its children: the probes run in the context of the process they
+observe), with a distribution-free 95 % confidence interval of that median; CPU time is far less
+disturbed by other work on a shared machine. Beside it, the slowdown the programs' own run time
+accounts for: their run time during the on rounds per load process over the load's CPU time per
+process with the probes off (programs run for every process on the host, so this is an upper bound
+for the load). The event reader's CPU (a thread of this process: its CPU time with the probes on
+minus off) is reported apart. Last line of
+stdout: JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from _bpf_bench import ScratchCgroup
 
 from hostwarden.bpf import BpfMonitor, EventKind
+from hostwarden.bpf.programs import DEFAULT_PROGRAMS, ProgramSpec, Tracepoint
 from hostwarden.monitor import MONITOR_DEDUP_EXECS, MONITOR_EVENT_KINDS
 
 LOOP = 'i=0; while [ "$i" -lt {count} ]; do /bin/true; i=$((i+1)); done'
+CONFIDENCE = 0.95
+# Before each measured round, an unmeasured one this much shorter: loading the programs (a clang run) leaves
+# the CPU caches cold, and the rounds with the probes off must start from the same state.
+WARM_UP_FRACTION = 10
 
 
 @dataclass(frozen=True)
 class LoadRun:
     wall_s: float
     cpu_s: float  # user + system time of the load's processes
-    reader_cpu_s: float  # this process's own CPU meanwhile: the event reader thread
+    own_cpu_s: float  # this process's own CPU meanwhile (with the probes on, its event reader thread's too)
+
+
+@dataclass(frozen=True)
+class Slowdown:
+    """Median over pairs of on/off - 1, in %, with its confidence interval."""
+
+    median_pct: float
+    low_pct: float
+    high_pct: float
+
+    def __str__(self) -> str:
+        return f"{self.median_pct:+.2f} % (95 % CI {self.low_pct:+.2f} .. {self.high_pct:+.2f} %)"
+
+    def as_json(self) -> dict[str, float]:
+        return {"median_pct": round(self.median_pct, 2), "ci_low_pct": round(self.low_pct, 2),
+                "ci_high_pct": round(self.high_pct, 2)}
 
 
 def _cpu(who: int) -> float:
@@ -43,63 +74,155 @@ def run_load(cgroup: ScratchCgroup, count: int) -> LoadRun:
     return LoadRun(wall, _cpu(resource.RUSAGE_CHILDREN) - children, _cpu(resource.RUSAGE_SELF) - own)
 
 
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(median, low, high): the interval between order statistics that holds the median with at least
+    `confidence` whatever the distribution (binomial with p = 1/2); (min, max) when too few values."""
+    ordered = sorted(values)
+    n = len(ordered)
+    below, rank = 0.0, 0  # P(Binomial(n, 1/2) <= rank - 1)
+    while rank < n // 2 and below + math.comb(n, rank) / 2 ** n <= (1 - confidence) / 2:
+        below += math.comb(n, rank) / 2 ** n
+        rank += 1
+    low, high = (ordered[rank - 1], ordered[n - rank]) if rank else (ordered[0], ordered[-1])
+    return statistics.median(ordered), low, high
+
+
+def slowdown(off: Sequence[float], on: Sequence[float]) -> Slowdown:
+    median, low, high = median_interval([b / a for a, b in zip(off, on, strict=True)])
+    return Slowdown((median - 1) * 100, (low - 1) * 100, (high - 1) * 100)
+
+
+def empty_programs() -> tuple[list[ProgramSpec], dict[str, str]]:
+    """The tracepoint programs with empty bodies: what the kernel's tracepoint path costs before any program code."""
+    specs = [spec for spec in DEFAULT_PROGRAMS if isinstance(spec.attach, Tracepoint)]
+    units: dict[str, str] = {}
+    for spec in specs:
+        assert isinstance(spec.attach, Tracepoint)
+        units[spec.unit] = units.get(spec.unit, "") + \
+            f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event}) {{ return 0; }}\n"
+    return specs, units
+
+
+def measure_control(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> LoadRun:
+    """The "on" round of the A/A control: the programs are loaded and unloaded, then the round runs without
+    them; shows what the procedure alone (a clang run, loading, attaching) does to the round after it."""
+    monitor.start()
+    monitor.stop()
+    run_load(cgroup, count // WARM_UP_FRACTION)
+    return run_load(cgroup, count)
+
+
+def measure_on(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor,
+               totals: dict[str, list[int]]) -> tuple[LoadRun, list[str]]:
+    """One round with `monitor`'s programs loaded afresh; adds each program's run time, runs and losses to
+    `totals`."""
+    statuses = monitor.start()
+    try:
+        monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
+        run_load(cgroup, count // WARM_UP_FRACTION)
+        before = monitor.program_stats()
+        run = run_load(cgroup, count)
+        after = monitor.program_stats()
+    finally:
+        monitor.stop()
+    for name, stats in after.items():
+        total = totals.setdefault(name, [0, 0, 0])
+        total[0] += stats.run_time_ns - before[name].run_time_ns
+        total[1] += stats.run_count - before[name].run_count
+        total[2] += stats.events_lost
+    return run, sorted(name for name, status in statuses.items() if not status.loaded)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer processes and rounds")
+    parser.add_argument("--quick", action="store_true", help="fewer pairs of rounds")
+    parser.add_argument("--pairs", type=int, help="pairs of rounds (default 40, --quick 10)")
+    parser.add_argument("--processes", type=int, default=300, help="processes per round (default 300)")
     parser.add_argument("--all-events", action="store_true",
                         help="send fork and exit events to user space too (the daemon does not ask for them)")
+    parser.add_argument("--every-exec", action="store_true",
+                        help="an exec event for every exec (the daemon deduplicates them in the kernel)")
+    parser.add_argument("--empty-programs", action="store_true",
+                        help="attach empty programs to the same tracepoints: the cost of the tracepoints themselves")
+    parser.add_argument("--control", action="store_true",
+                        help="A/A control: the programs are loaded and unloaded before each 'on' round")
     args = parser.parse_args()
     event_kinds = frozenset(EventKind) if args.all_events else MONITOR_EVENT_KINDS
-    count, rounds = (500, 3) if args.quick else (3000, 5)
+    dedup_execs = MONITOR_DEDUP_EXECS and not args.every_exec
+    count = args.processes
+    pairs = args.pairs or (10 if args.quick else 40)
+    if pairs < 2 or count < 1:
+        parser.error("--pairs must be at least 2 and --processes at least 1")
+
+    specs, units = empty_programs() if args.empty_programs else (list(DEFAULT_PROGRAMS), {})
+
+    def monitor() -> BpfMonitor:
+        return BpfMonitor(lambda _event: None, programs=specs, extra_units=units, event_kinds=event_kinds,
+                          dedup_execs=dedup_execs)
+
+    def measure_off() -> LoadRun:
+        run_load(cgroup, count // WARM_UP_FRACTION)
+        return run_load(cgroup, count)
 
     cgroup = ScratchCgroup("bpf-overhead")
+    off: list[LoadRun] = []
+    not_loaded: list[str] = []
+    on: list[LoadRun] = []
+    totals: dict[str, list[int]] = {}
     try:
-        run_load(cgroup, count // 5)  # warm the page cache and the shell
-        off: list[LoadRun] = []
-        on: list[LoadRun] = []
-        runs: dict[str, list[int]] = {}
-        for _ in range(rounds):
-            off.append(run_load(cgroup, count))
-            monitor = BpfMonitor(lambda _event: None, event_kinds=event_kinds, dedup_execs=MONITOR_DEDUP_EXECS)
-            statuses = monitor.start()
-            monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
-            before = monitor.program_stats()
-            on.append(run_load(cgroup, count))
-            after = monitor.program_stats()
-            monitor.stop()
-            for name, stats in after.items():
-                delta = runs.setdefault(name, [0, 0, 0])
-                delta[0] += stats.run_time_ns - before[name].run_time_ns
-                delta[1] += stats.run_count - before[name].run_count
-                delta[2] += stats.events_lost
+        run_load(cgroup, count)  # warm the page cache and the shell
+        for pair in range(pairs):
+            if pair % 2:  # alternate the order, so that a drift of the machine falls on both sides
+                off.append(measure_off())
+            if args.control:
+                on.append(measure_control(cgroup, count, monitor()))
+            else:
+                on_run, not_loaded = measure_on(cgroup, count, monitor(), totals)
+                on.append(on_run)
+            if not pair % 2:
+                off.append(measure_off())
     finally:
         cgroup.remove()
 
-    off_median, on_median = statistics.median(r.wall_s for r in off), statistics.median(r.wall_s for r in on)
-    off_cpu, on_cpu = statistics.median(r.cpu_s for r in off), statistics.median(r.cpu_s for r in on)
-    slowdown = (on_median / off_median - 1) * 100
-    cpu_slowdown = (on_cpu / off_cpu - 1) * 100
-    reader_us = statistics.median(r.reader_cpu_s for r in on) / count * 1e6
-    print(f"load: {count} x fork+exec /bin/true in a watched cgroup, {rounds} rounds each way; events sent: "
-          f"{', '.join(sorted(kind.name.lower() for kind in event_kinds))}")
-    print(f"probes off (baseline): median wall {off_median:.3f} s ({count / off_median:.0f} processes/s), "
-          f"load CPU {off_cpu:.3f} s")
-    print(f"probes on:             median wall {on_median:.3f} s ({count / on_median:.0f} processes/s), "
-          f"load CPU {on_cpu:.3f} s")
-    print(f"slowdown: wall {slowdown:+.2f} %, load CPU time {cpu_slowdown:+.2f} %  (target < 2 %)")
-    print(f"event reader (a thread of this process): {reader_us:.1f} us CPU per load process")
+    wall = slowdown([r.wall_s for r in off], [r.wall_s for r in on])
+    cpu = slowdown([r.cpu_s for r in off], [r.cpu_s for r in on])
+    processes = count * pairs
+    off_cpu_us = sum(r.cpu_s for r in off) / processes * 1e6
+    on_cpu_us = sum(r.cpu_s for r in on) / processes * 1e6
+    program_us = sum(total[0] for total in totals.values()) / processes / 1e3
+    attributable_pct = program_us / off_cpu_us * 100
+    reader_us = (sum(r.own_cpu_s for r in on) - sum(r.own_cpu_s for r in off)) / processes * 1e6
+    off_wall, on_wall = statistics.median(r.wall_s for r in off), statistics.median(r.wall_s for r in on)
+
+    print(f"load: {pairs} pairs of rounds (probes off, probes on), {count} x fork+exec /bin/true per round in a "
+          f"watched cgroup; events sent: {', '.join(sorted(kind.name.lower() for kind in event_kinds))}; "
+          f"exec events {'deduplicated' if dedup_execs else 'for every exec'}"
+          f"{'; EMPTY programs (tracepoint cost only)' if args.empty_programs else ''}"
+          f"{'; CONTROL: the programs are unloaded before each on round' if args.control else ''}")
+    print(f"{'':<24}{'probes off (baseline)':>24}{'probes on':>16}")
+    print(f"{'median wall per round':<24}{off_wall:>22.3f} s{on_wall:>14.3f} s")
+    print(f"{'load CPU per process':<24}{off_cpu_us:>21.1f} us{on_cpu_us:>13.1f} us")
+    print(f"slowdown, wall time:      {wall}")
+    print(f"slowdown, load CPU time:  {cpu}  (target < 2 %)")
+    print(f"programs' own run time:   {program_us:.2f} us per load process = {attributable_pct:.2f} % of the "
+          "load's CPU time with the probes off (upper bound: runs of other processes included)")
+    print(f"event reader (a thread of this process): {reader_us:.1f} us CPU per load process (this process's "
+          "CPU with the probes on minus off)")
     per_program = {}
-    print(f"{'program':<22}{'runs':>10}{'mean ns/run':>14}{'lost':>6}")
-    for name, (run_time_ns, run_count, lost) in runs.items():
+    print(f"{'program':<22}{'runs':>10}{'runs/process':>14}{'mean ns/run':>14}{'lost':>6}")
+    for name, (run_time_ns, run_count, lost) in totals.items():
         mean = run_time_ns / run_count if run_count else None
         per_program[name] = {"runs": run_count, "mean_ns": round(mean, 1) if mean else None, "lost": lost}
-        print(f"{name:<22}{run_count:>10}{(f'{mean:.0f}' if mean else '-'):>14}{lost:>6}")
-    not_loaded = sorted(name for name, status in statuses.items() if not status.loaded)
+        print(f"{name:<22}{run_count:>10}{run_count / processes:>14.1f}{(f'{mean:.0f}' if mean else '-'):>14}"
+              f"{lost:>6}")
     print(f"not loaded here: {', '.join(not_loaded) or 'none'}")
-    print(json.dumps({"bench": "bpf_overhead", "processes": count, "rounds": rounds, "all_events": args.all_events,
-                      "off_median_s": round(off_median, 4), "on_median_s": round(on_median, 4),
-                      "slowdown_pct": round(slowdown, 2), "off_cpu_s": round(off_cpu, 4),
-                      "on_cpu_s": round(on_cpu, 4), "cpu_slowdown_pct": round(cpu_slowdown, 2),
+    print(json.dumps({"bench": "bpf_overhead", "processes_per_round": count, "pairs": pairs,
+                      "all_events": args.all_events, "dedup_execs": dedup_execs,
+                      "empty_programs": args.empty_programs, "control": args.control,
+                      "off_median_wall_s": round(off_wall, 4), "on_median_wall_s": round(on_wall, 4),
+                      "off_cpu_us_per_process": round(off_cpu_us, 1), "on_cpu_us_per_process": round(on_cpu_us, 1),
+                      "wall_slowdown": wall.as_json(), "cpu_slowdown": cpu.as_json(),
+                      "program_us_per_process": round(program_us, 2), "attributable_pct": round(attributable_pct, 2),
                       "reader_cpu_us_per_process": round(reader_us, 2), "programs": per_program,
                       "not_loaded": not_loaded}))
 
