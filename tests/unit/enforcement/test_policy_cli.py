@@ -31,7 +31,7 @@ def test_set_puts_a_good_policy_in_force_and_show_reads_it_back(daemon: Daemon, 
     good = tmp_path / "good.toml"
     good.write_text("dry_run = true\n[ladder]\nfreeze_after = \"3s\"\n")
     code, out, _err = run(daemon, "policy", "set", str(good))
-    assert code == 0 and "in force (source: SetPolicy)" in out
+    assert code == 0 and "in force (source: SetPolicy (kept in " in out
     assert daemon.policy.current().dry_run and daemon.policy.current().ladder.freeze_after == 3.0
     code, out, _err = run(daemon, "policy", "show", "--json")
     assert code == 0
