@@ -20,14 +20,17 @@ BURN = "import sys, time\nstart = time.process_time()\nwhile time.process_time()
 
 @pytest.fixture
 def powered_daemon(tmp_path: Path, cgroup_root: Path) -> Iterator[tuple[DaemonProcess, FakeRaplTree]]:
-    # Wraps every half busy-second: several times over the two calls.
-    with FakeRaplTree(tmp_path / "powercap", WATTS_PER_CORE, range_uj=int(WATTS_PER_CORE * 0.5e6)) as tree:
+    # Wraps every busy-second (every half second of wall time at most, on 2 CPUs): several times over the
+    # daemon's start and the two calls. Two wraps between two samples cannot be told from one (as with real
+    # RAPL, whose range lasts minutes): the daemon samples every 50 ms, so only a stall of its sampler over
+    # 450 ms could lose one. (A wrap every half busy-second with 100 ms sampling lost one in a few runs.)
+    with FakeRaplTree(tmp_path / "powercap", WATTS_PER_CORE, range_uj=int(WATTS_PER_CORE * 1.0e6)) as tree:
         daemon = configured_daemon(tmp_path, cgroup_root, f"""
 [power]
 powercap_root = "{tree.root}"
 nvml = false
 idle_watts = 0
-sample_interval_seconds = 0.1
+sample_interval_seconds = 0.05
 """)
         daemon.start()
         try:
