@@ -23,8 +23,13 @@ def generate(outdir: Path) -> None:
             f"--grpc_python_out={tmp}", *map(str, SOURCES)]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # protoc writes hostwarden/v1/x_pb2.py importing "hostwarden.v1"; flatten into hostwarden.proto.
+    # protoc writes hostwarden/v1/x_pb2.py importing "hostwarden.v1"; flatten into hostwarden.proto. A proto
+    # without a service gets no x_pb2_grpc.py (the plugin would write one with nothing in it).
+    serviceless = {f"{source.stem}_pb2_grpc.py" for source in SOURCES
+                   if not re.search(r"^service ", source.read_text(), re.MULTILINE)}
     for f in sorted((tmp / "hostwarden" / "v1").iterdir()):
+        if f.name in serviceless:
+            continue
         text = re.sub(r"from hostwarden\.v1 import (\w+)", r"from hostwarden.proto import \1", f.read_text())
         (outdir / f.name).write_text(text)
     for f in sorted(tmp.rglob("*"), reverse=True):
