@@ -58,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 calls instead of 2000")
     parser.add_argument("--calls", type=int)
+    parser.add_argument("--bpf", action="store_true", help="the daemon with its bpf programs loaded (its default); "
+                                                          "off by default, as the baseline has none")
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 2000)
     mount = find_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
@@ -67,12 +69,12 @@ def main() -> None:
     cgroup_root = mount / f"hostwarden-lifecycle-{os.getpid()}"
     raw_dir = mount / f"hostwarden-lifecycle-raw-{os.getpid()}"
     os.makedirs(raw_dir / "calls")
-    daemon, socket = start_daemon(workdir, cgroup_root)
+    daemon, socket = start_daemon(workdir, cgroup_root, bpf=args.bpf)
     client = Client(socket)
     try:
         client.call("CreateSandbox", pb.CreateSandboxRequest(name="bench"))
-        print(f"lifecycle: {calls} calls of /bin/true, daemon pid {daemon.pid}, kernel {platform.release()}, "
-              f"{os.cpu_count()} CPUs (the daemon shares them)")
+        print(f"lifecycle: {calls} calls of /bin/true, daemon pid {daemon.pid} (bpf {'on' if args.bpf else 'off'}), "
+              f"kernel {platform.release()}, {os.cpu_count()} CPUs (the daemon shares them)")
 
         def daemon_call(begin: Callable[[pb.BeginToolCallRequest], pb.BeginToolCallResponse],
                         end: Callable[[pb.EndToolCallRequest], pb.ToolCall]) -> Callable[[int], None]:
@@ -109,7 +111,8 @@ def main() -> None:
         for path in (cgroup_root, raw_dir / "calls", raw_dir):
             if path.exists():
                 os.rmdir(path)
-    print(json.dumps({"bench": "lifecycle", "calls": calls, "kernel": platform.release(), "cpus": os.cpu_count(),
+    print(json.dumps({"bench": "lifecycle", "calls": calls, "bpf": args.bpf, "kernel": platform.release(),
+                      "cpus": os.cpu_count(),
                       "baseline_raw_cgroup_call": base, "hostwarden_call": full, "hostwarden_call_grpc": grpc_path,
                       "p50_ratio": round(ratio, 3),
                       "p50_added_ms": round(added, 3), "targets_met": verdict}))
