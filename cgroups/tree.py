@@ -251,12 +251,18 @@ class CgroupTree:
     def kill(self, path: Path) -> None:
         """SIGKILL every process below `path`: cgroup.kill, or where the kernel lacks it (< 5.14), freeze,
         signal each process and thaw, so nothing forks past the kill."""
-        path = self._existing(path)
         if self._has_kill_file is None:
-            self._has_kill_file = (path / "cgroup.kill").exists()
+            self._has_kill_file = (self._existing(path) / "cgroup.kill").exists()
         if self._has_kill_file:
-            self.fs.write(path / "cgroup.kill", "1")
+            path = self.inside(path)
+            try:
+                self.fs.write(path / "cgroup.kill", "1")
+            except CgroupIOError as error:
+                if error.errno == errno.ENOENT:  # checked by the write itself: one syscall less per call
+                    raise CgroupNotFound(f"no cgroup at {path}: it was removed or never created") from error
+                raise
             return
+        path = self._existing(path)
         has_freezer = (path / "cgroup.freeze").exists()
         if has_freezer:
             self.freeze(path)

@@ -144,6 +144,9 @@ def test_kill_uses_cgroup_kill(tree, fs):
     tree.kill(path)
     assert (path / "cgroup.kill", "1") in fs.writes
     assert not tree.populated(path)
+    tree.remove(path)
+    with pytest.raises(CgroupNotFound, match="no cgroup at"):
+        tree.kill(path)  # found out by the write itself, once cgroup.kill is known to exist
 
 
 def test_kill_without_cgroup_kill_signals_each_process_while_frozen(tree, fs):
