@@ -178,7 +178,8 @@ class Daemon:
         return pb.Status(version=__version__, uptime_seconds=time.time() - self.started,
                          sandboxes=len(self.warden.sandboxes), running_calls=len(self.warden.calls),
                          cgroup_root=str(self.root), capabilities=self.capability_messages(),
-                         policy_source=self.policy.source, metrics_address=self.metrics_address)
+                         policy_source=self.policy.source, metrics_address=self.metrics_address,
+                         call_socket=str(self.call_server.path) if self.call_server else "")
 
     def _metrics_snapshot(self) -> dict[str, Any]:
         sandbox_usage: dict[str, dict[str, float | None]] = {}

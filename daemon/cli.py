@@ -113,7 +113,7 @@ def status(socket_opt: str | None, as_json: bool) -> None:
             report["daemon"] = {"running": True, "version": st.version, "uptime_seconds": st.uptime_seconds,
                                 "sandboxes": st.sandboxes, "running_calls": st.running_calls,
                                 "cgroup_root": st.cgroup_root, "policy_source": st.policy_source,
-                                "metrics_address": st.metrics_address}
+                                "metrics_address": st.metrics_address, "call_socket": st.call_socket}
             for cap in st.capabilities:
                 report["capabilities"][cap.name] = {"available": cap.available, "in_use": cap.in_use,
                                                     "detail": cap.detail}
@@ -128,6 +128,7 @@ def status(socket_opt: str | None, as_json: bool) -> None:
         click.echo(f"daemon: up {d['uptime_seconds']:.0f}s, {d['sandboxes']} sandboxes, {d['running_calls']} "
                    f"running calls, root {d['cgroup_root']}, metrics {d['metrics_address'] or 'off'}")
         click.echo(f"policy: {d['policy_source']}")
+        click.echo(f"tool-call socket: {d['call_socket'] or 'off'}")
     else:
         click.echo(f"daemon: not running ({d['detail']})")
 

@@ -496,7 +496,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("version", "uptime_seconds", "sandboxes", "running_calls", "cgroup_root", "capabilities", "policy_source", "metrics_address")
+    __slots__ = ("version", "uptime_seconds", "sandboxes", "running_calls", "cgroup_root", "capabilities", "policy_source", "metrics_address", "call_socket")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
@@ -505,6 +505,7 @@ class Status(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     POLICY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CALL_SOCKET_FIELD_NUMBER: _ClassVar[int]
     version: str
     uptime_seconds: float
     sandboxes: int
@@ -513,4 +514,5 @@ class Status(_message.Message):
     capabilities: _containers.RepeatedCompositeFieldContainer[Capability]
     policy_source: str
     metrics_address: str
-    def __init__(self, version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., sandboxes: _Optional[int] = ..., running_calls: _Optional[int] = ..., cgroup_root: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, _Mapping]]] = ..., policy_source: _Optional[str] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    call_socket: str
+    def __init__(self, version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., sandboxes: _Optional[int] = ..., running_calls: _Optional[int] = ..., cgroup_root: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, _Mapping]]] = ..., policy_source: _Optional[str] = ..., metrics_address: _Optional[str] = ..., call_socket: _Optional[str] = ...) -> None: ...

@@ -115,7 +115,7 @@ def many_calls_leak_nothing(d: DaemonProcess, calls: int, timeout: float) -> Non
     fds_after = len(list(Path(f"/proc/{d.proc.pid}/fd").iterdir()))
     assert fds_after <= fds_before + 5, (fds_before, fds_after)
     status = json.loads(d.cli("status", "--json").stdout)
-    assert status["daemon"]["running_calls"] == 0
+    assert status["daemon"]["running_calls"] == 0 and status["daemon"]["call_socket"] == str(call_socket_path(d.socket))
     db = sqlite3.connect(d.state_dir / "ledger.sqlite3")
     assert db.execute("SELECT count(*) FROM calls WHERE state='finished'").fetchone()[0] == calls
     db.close()

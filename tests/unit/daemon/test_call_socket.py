@@ -40,6 +40,8 @@ def test_path_sits_beside_the_grpc_socket_with_its_mode(daemon):
     assert call_socket_path("/run/hostwarden/hostwarden.sock").name == "hostwarden-calls.sock"
     mode = os.stat(path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+    with Client(daemon.config.daemon.socket) as client:  # and `hostwarden status` says where it is
+        assert client.call("GetStatus", pb.GetStatusRequest()).call_socket == str(path)
 
 
 def test_begin_and_end_without_grpc(daemon, admin, sleeper):
@@ -183,6 +185,7 @@ def test_without_the_call_socket_the_client_uses_grpc(tmp_path, sleeper):
     try:
         assert not call_socket_path(daemon.config.daemon.socket).exists()
         with Client(daemon.config.daemon.socket) as client:
+            assert client.call("GetStatus", pb.GetStatusRequest()).call_socket == ""
             create(client, "sb")
             begin = client.begin_call(pb.BeginToolCallRequest(sandbox="sb", tool="t", pid=sleeper.pid))
             assert client.end_call(pb.EndToolCallRequest(call_id=begin.call_id, exit_code=0)).exit_code == 0
