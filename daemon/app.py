@@ -19,13 +19,14 @@ from typing import Any, Protocol
 from prometheus_client import start_http_server
 
 from hostwarden import __version__, capabilities
-from hostwarden.call_socket import CallSocketServer, call_socket_path
+from hostwarden.call_socket import CallSocketServer
 from hostwarden.cgroups.errors import CgroupError
 from hostwarden.cgroups.notify import CgroupWatcher
 from hostwarden.cgroups.root import discover_root
 from hostwarden.cgroups.tree import CgroupTree
 from hostwarden.cgroups.usage import read_usage
 from hostwarden.config import Config, ConfigError, DaemonConfig, load_config
+from hostwarden.endpoints import call_socket_path
 from hostwarden.enforcement import build_enforcement
 from hostwarden.errors import FailedPrecondition, Unavailable
 from hostwarden.events import EventBus

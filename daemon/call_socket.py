@@ -26,21 +26,13 @@ from google.protobuf.message import DecodeError
 
 from hostwarden import errors
 from hostwarden.cgroups import errors as cgroup_errors
+from hostwarden.endpoints import MAX_REQUEST_BYTES
 from hostwarden.proto import call_socket_pb2 as cs
 from hostwarden.server import begin_tool_call, bind_unix_socket, end_tool_call, status_of
 
 log = logging.getLogger(__name__)
 
-# A request is a BeginToolCallRequest or EndToolCallRequest with a token: a few hundred bytes. Larger
-# datagrams are refused whole (the kernel reports them truncated).
-MAX_REQUEST_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1024
-
-
-def call_socket_path(grpc_socket: str | Path) -> Path:
-    """/run/hostwarden/hostwarden.sock -> /run/hostwarden/hostwarden-calls.sock (clients derive it alike)."""
-    path = Path(grpc_socket)
-    return path.with_name(f"{path.stem}-calls{path.suffix}")
 
 
 def error_reply(code: grpc.StatusCode, message: str) -> cs.CallSocketReply:

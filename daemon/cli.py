@@ -12,8 +12,8 @@ from typing import Any
 import click
 import grpc
 
-from hostwarden import capabilities
-from hostwarden.client import Client, read_token, socket_path, to_dict
+from hostwarden.client import Client, read_token, to_dict
+from hostwarden.endpoints import socket_path
 from hostwarden.policy.cli import policy_group
 from hostwarden.policy.units import parse_duration, parse_size
 from hostwarden.proto import warden_pb2 as pb
@@ -98,6 +98,8 @@ def daemon(config_path: Path | None) -> None:
 @json_option
 def status(socket_opt: str | None, as_json: bool) -> None:
     """What this host can do (each capability: available or why not) and, with a daemon, its view."""
+    from hostwarden import capabilities  # probes many modules' availability: not for every command
+
     caps = capabilities.probe()
     report: dict[str, Any] = {
         "capabilities": {name: {"available": c.available, "in_use": c.in_use, "detail": c.detail}

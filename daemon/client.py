@@ -16,19 +16,10 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 
-from hostwarden.call_socket import MAX_REQUEST_BYTES, call_socket_path
-from hostwarden.config import DEFAULT_SOCKET
+from hostwarden.endpoints import MAX_REQUEST_BYTES, TOKEN_METADATA, call_socket_path
 from hostwarden.proto import call_socket_pb2 as cs
 from hostwarden.proto import warden_pb2 as pb
 from hostwarden.proto import warden_pb2_grpc as pb_grpc
-from hostwarden.server import TOKEN_METADATA
-
-SOCKET_ENV = "HOSTWARDEN_SOCKET"
-
-
-def socket_path(option: str | None) -> str:
-    """--socket, then $HOSTWARDEN_SOCKET, then the default."""
-    return option or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def read_token(token_file: Path | None) -> str | None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostwarden.endpoints import DEFAULT_SOCKET
+
 DEFAULT_CONFIG_PATH = Path("/etc/hostwarden/hostwarden.toml")
-DEFAULT_SOCKET = "/run/hostwarden/hostwarden.sock"
 DEFAULT_METRICS_PORT = 9477
 
 

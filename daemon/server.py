@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hostwarden import errors
 from hostwarden.cgroups import errors as cgroup_errors
+from hostwarden.endpoints import TOKEN_METADATA
 from hostwarden.policy.resolve import Intent
 from hostwarden.policy.schema import Priority
 from hostwarden.proto import warden_pb2 as pb
@@ -30,7 +31,6 @@ from hostwarden.proto import warden_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-TOKEN_METADATA = "x-hostwarden-token"
 SERVICE_NAME = "hostwarden.v1.Warden"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 

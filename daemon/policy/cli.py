@@ -9,8 +9,6 @@ from typing import Any
 
 import click
 
-from hostwarden.policy.schema import PolicyError, load_policy_file
-
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 # Fetches the effective policy from the running daemon (GetPolicy); supplied by daemon/cli.py.
@@ -74,6 +72,7 @@ def policy_group(fetch_from_daemon: DaemonPolicyFetcher | None = None) -> click.
     @click.argument("file", type=click.Path(dir_okay=False))
     def check(file: str) -> None:
         """Validate FILE; print "valid", or every error as FILE:LINE: key: message and exit 1."""
+        from hostwarden.policy.schema import PolicyError, load_policy_file  # heavy: only where used
         try:
             load_policy_file(file)
         except PolicyError as error:
@@ -88,6 +87,7 @@ def policy_group(fetch_from_daemon: DaemonPolicyFetcher | None = None) -> click.
     def show(file: str | None, as_json: bool) -> None:
         """The effective policy: every setting with defaults filled in."""
         if file is not None:
+            from hostwarden.policy.schema import PolicyError, load_policy_file  # heavy: only where used
             try:
                 effective: Mapping[str, Any] = load_policy_file(file).to_effective_dict()
             except PolicyError as error:

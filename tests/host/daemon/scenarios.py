@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hostwarden.call_socket import call_socket_path
+from hostwarden.endpoints import call_socket_path
 from tests.host.daemon.conftest import HOSTWARDEN, DaemonProcess
 
 # Writes every page of 100 MiB, holds it 0.2 s, then exits with argv[1].

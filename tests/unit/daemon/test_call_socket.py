@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hostwarden import call_socket
-from hostwarden.call_socket import MAX_REQUEST_BYTES, call_socket_path
 from hostwarden.client import CallSocketError, Client
+from hostwarden.endpoints import MAX_REQUEST_BYTES, call_socket_path
 from hostwarden.proto import call_socket_pb2 as cs
 from hostwarden.proto import warden_pb2 as pb
 from tests.unit.daemon.conftest import create, make_daemon
