@@ -63,11 +63,14 @@ def send_in_call(daemon, tmp_path: Path, sandbox: str, namespace: str, port: int
     daemon.cli("exec", "--sandbox", sandbox, "--tool", "upload", "--summary-json", str(summary), "--",
                "nsenter", f"--net=/run/netns/{namespace}", sys.executable, "-c", SENDER, PEER_ADDRESS, str(port),
                str(size), timeout=120)
-    result = json.loads(summary.read_text())
-    for key in ("net_rx_bytes", "net_tx_bytes"):  # uint64 in proto JSON is a string
-        if result.get(key) is not None:
-            result[key] = int(result[key])
-    return result
+    return json.loads(summary.read_text())
+
+
+def carried(counted: float, payload: int) -> bool:
+    """Interface counters see the wire: every payload byte plus headers, and TCP's retransmissions (veth drops
+    a packet when the receiving side's backlog is full, which a loaded machine does now and then: one run
+    counted +6 %). So at least the payload, and not more than 10 % over it."""
+    return payload <= counted <= 1.10 * payload
 
 
 def metrics(daemon) -> str:
@@ -90,12 +93,12 @@ def test_a_transfer_in_a_call_is_accounted_to_its_sandbox_and_call(daemon_proces
     summary = send_in_call(daemon, tmp_path, "sb", pair.sandbox_ns, receiver.port, size)
     receiver.join()
     assert receiver.received == size
-    assert summary["net_tx_bytes"] == pytest.approx(size, rel=0.02), summary
+    assert carried(summary["net_tx_bytes"], size), summary
     assert summary["net_rx_bytes"] < 0.02 * size  # only ACKs came back
     assert pair.sandbox_ns in summary["net_source"]
     text = metrics(daemon)
-    assert counter(text, "sb", "tx") == pytest.approx(size, rel=0.02)
-    assert counter(text, "peer", "rx") == pytest.approx(size, rel=0.02)  # the peer's download, not its upload
+    assert carried(counter(text, "sb", "tx"), size)
+    assert carried(counter(text, "peer", "rx"), size)  # the peer's download, not its upload
     assert counter(text, "peer", "tx") < 0.02 * size
 
 
@@ -112,7 +115,7 @@ def test_a_sandbox_is_discovered_from_its_agent_processes(daemon_process, jumbo_
     finally:
         agent.kill()
         agent.wait()
-    assert summary["net_tx_bytes"] == pytest.approx(size, rel=0.02), summary
+    assert carried(summary["net_tx_bytes"], size), summary
     listed = json.loads(daemon.cli("sandbox", "list", "--json").stdout)
     assert {s["name"]: s["network"] for s in listed}["found"] == f"netns:{pair.sandbox_ns}"
 
