@@ -309,13 +309,17 @@ class CgroupTree:
         return (f"{path} still holds {len(pids)} process(es) after {timeout}s (pids "
                 f"{', '.join(map(str, pids[:5]))}): kill the cgroup first")
 
-    def reap_empty_calls(self, keep: Collection[Path] = ()) -> list[Path]:
-        """Remove call cgroups with no processes, except those in `keep` (calls made but not yet attached)."""
+    def reap_empty_calls(self, keep: Collection[Path] = (), made_before: float | None = None) -> list[Path]:
+        """Remove call cgroups with no processes, except those in `keep` (calls made but not yet attached) and,
+        with `made_before` (a time.time() value), those made at or after it: a call being begun exists as a
+        cgroup a moment before its caller can list it in `keep`."""
         kept = {Path(p).resolve() for p in keep}
         reaped: list[Path] = []
         for sandbox in self.scan():
             for call in sandbox.calls:
                 if call.populated or call.path in kept:
+                    continue
+                if made_before is not None and self._made_at(call.path) >= made_before:
                     continue
                 try:
                     self.remove(call.path, timeout=0.0, missing_ok=True)
@@ -323,6 +327,15 @@ class CgroupTree:
                     continue  # repopulated since the scan: it is running again
                 reaped.append(call.path)
         return reaped
+
+    @staticmethod
+    def _made_at(path: Path) -> float:
+        """When the cgroup was made: cgroupfs sets a directory's mtime at mkdir, and attaching processes or
+        writing its files leaves it alone. A cgroup gone meanwhile counts as made now (nothing to reap)."""
+        try:
+            return os.stat(path).st_mtime
+        except FileNotFoundError:
+            return time.time()
 
     # --- reading the tree --------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from hostwarden.service import Observer, Principal, Sandbox, Warden
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL_S = 60.0
+STRAY_MIN_AGE_S = 10.0  # an empty call cgroup younger than this may be a call still being begun
 
 
 class Part(Protocol):
@@ -290,7 +291,10 @@ class Daemon:
 
     def housekeeping(self) -> None:
         """Remove stray empty call cgroups (never a running call's, attached or not) and old ledger rows."""
-        reaped = self.tree.reap_empty_calls(keep=[c.path for c in list(self.warden.calls.values())])
+        # A call's cgroup exists a moment before BeginToolCall registers the call: only strays made before the
+        # last round are reaped.
+        reaped = self.tree.reap_empty_calls(keep=[c.path for c in list(self.warden.calls.values())],
+                                            made_before=time.time() - STRAY_MIN_AGE_S)
         if reaped:
             log.info("reaped %d stray empty call cgroups", len(reaped))
         removed = self.ledger.apply_retention(self.config.daemon.retention_days)

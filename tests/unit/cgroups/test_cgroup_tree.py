@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,16 @@ def test_reaper_removes_empty_calls_but_keeps_running_and_kept(tree, fs):
     tree.attach(running, 5)
     assert tree.reap_empty_calls(keep=[pending]) == [stray]
     assert running.exists() and pending.exists() and not stray.exists()
+
+
+def test_reaper_leaves_calls_made_since_a_given_time(tree, fs):
+    """A call being begun exists as an empty cgroup before its caller could list it in `keep`."""
+    tree.create_sandbox("a")
+    old, _ = tree.create_call("a", "old", Limits())
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    new, _ = tree.create_call("a", "new", Limits())
+    assert tree.reap_empty_calls(made_before=time.time() - 10) == [old]
+    assert new.exists() and not old.exists()
 
 
 def test_cgroup_id_is_the_directory_inode(tree, fs):

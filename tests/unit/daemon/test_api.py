@@ -215,10 +215,13 @@ def test_housekeeping_reaps_strays_keeps_running_calls_and_applies_retention(dae
     running = admin.call("BeginToolCall", pb.BeginToolCallRequest(sandbox="sb", tool="t"))  # not attached yet
     stray = daemon.tree.root / "sb" / "calls" / "stray"
     daemon.tree.fs.mkdir(stray)
+    os.utime(stray, (time.time() - 600, time.time() - 600))  # an old stray: one made just now could be a Begin
+    young = daemon.tree.root / "sb" / "calls" / "young"
+    daemon.tree.fs.mkdir(young)
     daemon.ledger.begin_call("old", "sb", "t", "", "/x", 0.0, None, [])
     daemon.ledger.finish_call("old", 1.0, {})
     daemon.housekeeping()
-    assert not stray.exists()
+    assert not stray.exists() and young.exists()
     assert daemon.tree.call_path("sb", running.call_id).is_dir()
     assert daemon.ledger.get_call("old") is None
 
