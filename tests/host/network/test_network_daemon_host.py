@@ -20,7 +20,7 @@ from pyroute2 import netns
 
 from hostwarden.network.binding import parse_binding
 from hostwarden.network.netlink import Rtnl, TcShaper
-from tests.host.network.test_network_host import MEBIBYTE, PEER_ADDRESS, VethPair
+from tests.host.network.test_network_host import MEBIBYTE, PEER_ADDRESS, VethPair, carried
 
 SENDER = "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2]))); " \
          "s.sendall(b'\\xa5' * int(sys.argv[3])); s.shutdown(socket.SHUT_WR); s.recv(1)"
@@ -64,13 +64,6 @@ def send_in_call(daemon, tmp_path: Path, sandbox: str, namespace: str, port: int
                "nsenter", f"--net=/run/netns/{namespace}", sys.executable, "-c", SENDER, PEER_ADDRESS, str(port),
                str(size), timeout=120)
     return json.loads(summary.read_text())
-
-
-def carried(counted: float, payload: int) -> bool:
-    """Interface counters see the wire: every payload byte plus headers, and TCP's retransmissions (veth drops
-    a packet when the receiving side's backlog is full, which a loaded machine does now and then: one run
-    counted +6 %). So at least the payload, and not more than 10 % over it."""
-    return payload <= counted <= 1.10 * payload
 
 
 def metrics(daemon) -> str:

@@ -117,6 +117,13 @@ def transfer(sender_ns: str, receiver_ns: str, receiver_address: str, size: int,
     return Transfer(received, rate)
 
 
+def carried(counted: float, payload: int) -> bool:
+    """Interface counters see the wire: every payload byte plus headers, and TCP's retransmissions (veth drops
+    a packet when the receiving side's backlog is full, which a loaded machine does now and then: one run
+    counted +6 %). So at least the payload, and not more than 10 % over it."""
+    return payload <= counted <= 1.10 * payload
+
+
 def test_transfer_is_accounted_to_the_right_sandbox_and_call(jumbo_pair, network):
     pair = jumbo_pair
     # The same sandbox seen from inside (its namespace) and from outside (the host side of its veth).
@@ -140,18 +147,18 @@ def test_transfer_is_accounted_to_the_right_sandbox_and_call(jumbo_pair, network
     for sandbox in ("inside", "outside"):
         up, down = uploads[sandbox], downloads[sandbox]
         assert isinstance(up, NetDelta) and isinstance(down, NetDelta), (up, down)
-        assert up.tx_bytes == pytest.approx(upload, rel=0.02), sandbox
+        assert carried(up.tx_bytes, upload), sandbox
         assert up.rx_bytes < 0.02 * upload, sandbox  # only ACKs came back
-        assert down.rx_bytes == pytest.approx(download, rel=0.02), sandbox
+        assert carried(down.rx_bytes, download), sandbox
         assert down.tx_bytes < 0.02 * download, sandbox
         assert not up.concurrent_calls
     peer = uploads["peer"]
-    assert isinstance(peer, NetDelta) and peer.rx_bytes == pytest.approx(upload, rel=0.02)
+    assert isinstance(peer, NetDelta) and carried(peer.rx_bytes, upload)
 
     totals = accountant.totals()
     for sandbox in ("inside", "outside"):
-        assert totals[sandbox].tx_bytes == pytest.approx(upload, rel=0.02)
-        assert totals[sandbox].rx_bytes == pytest.approx(download, rel=0.02)
+        assert carried(totals[sandbox].tx_bytes, upload)
+        assert carried(totals[sandbox].rx_bytes, download)
 
 
 def test_discovered_host_network_is_labelled_and_not_counted(network):
