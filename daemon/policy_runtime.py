@@ -63,8 +63,9 @@ class PolicyRuntime:
                 log.error("the policy kept from SetPolicy (%s) is unusable, %s: %s", saved,
                           "falling back to " + str(path) if path.exists() else "using the defaults", exc)
         if path.exists():
-            self.policy = self._parse(path.read_text(), str(path))  # a bad file at start-up is fatal
-            self.text, self.source = path.read_text(), str(path)
+            text = path.read_text()
+            self.policy = self._parse(text, str(path))  # a bad file at start-up is fatal
+            self.text, self.source = text, str(path)
 
     def _saved_is_newest(self) -> bool:
         if self.saved is None or not self.saved.exists():
@@ -87,19 +88,21 @@ class PolicyRuntime:
         grant = resolve(self.current(), info, tool, intent, list(reversed(peaks)))
         return grant_limits(grant), grant
 
-    def _replace(self, text: str, source: str) -> Policy:
+    def _parse_or_reject(self, text: str, source: str) -> Policy:
+        """The parsed policy; an invalid one is logged and published as policy_rejected, then raised."""
         try:
-            policy = self._parse(text, source)
+            return self._parse(text, source)
         except PolicyError as exc:
             log.error("policy from %s rejected, the running policy stays:\n%s", source, exc)
             self.bus.publish("policy_rejected", f"policy from {source} rejected ({len(exc.errors)} errors); the "
                              "running policy stays", attributes={"source": source, "errors": str(exc)[:2000]})
             raise
+
+    def _install(self, policy: Policy, text: str, source: str) -> None:
         with self._lock:
             self.policy, self.text, self.source = policy, text, source
         self.bus.publish("policy_reloaded", f"policy loaded from {source}", attributes={"source": source})
         log.info("policy loaded from %s", source)
-        return policy
 
     def reload(self) -> bool:
         """SIGHUP: re-read the file. False (and the old policy stays) when it is missing or invalid."""
@@ -110,9 +113,10 @@ class PolicyRuntime:
             self.bus.publish("policy_rejected", f"policy {self.path} unreadable: {exc.strerror}")
             return False
         try:
-            self._replace(text, str(self.path))
+            policy = self._parse_or_reject(text, str(self.path))
         except PolicyError:
             return False
+        self._install(policy, text, str(self.path))
         if self.saved is not None and self.saved.exists():
             self.saved.unlink()
             log.info("the policy kept from SetPolicy (%s) is dropped: %s rules again", self.saved, self.path)
@@ -121,7 +125,7 @@ class PolicyRuntime:
     def set(self, text: str) -> pb.PolicyDocument:
         """Validate, keep it where a restart finds it, then put it in force."""
         try:
-            self._parse(text, "SetPolicy")
+            policy = self._parse_or_reject(text, "SetPolicy")
         except PolicyError as exc:
             raise InvalidArgument(f"policy rejected, the running policy stays: {exc}") from exc
         if self.saved is not None:
@@ -130,7 +134,7 @@ class PolicyRuntime:
             except OSError as exc:
                 raise FailedPrecondition(f"cannot keep the policy in {self.saved} ({exc.strerror}); the running "
                                          "policy stays: free the state directory, then retry") from exc
-        self._replace(text, self._saved_source() if self.saved is not None else "SetPolicy")
+        self._install(policy, text, self._saved_source() if self.saved is not None else "SetPolicy")
         return self.document()
 
     def validate(self, text: str) -> pb.ValidatePolicyResponse:

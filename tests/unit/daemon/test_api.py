@@ -134,8 +134,11 @@ def test_policy_set_validate_and_rejection_keeps_old(daemon, admin):
     bad = admin.call("ValidatePolicy", pb.ValidatePolicyRequest(toml="[defaults]\nmemory_max = 'x'\nnope = 1\n"))
     assert not bad.valid and {e.line for e in bad.errors} == {2, 3}
     admin.call("SetPolicy", pb.SetPolicyRequest(toml=good))
+    rejections = daemon.bus.subscribe("", ["policy_rejected"])
     with pytest.raises(grpc.RpcError):
         admin.call("SetPolicy", pb.SetPolicyRequest(toml="[defaults]\nmemory_max = 'x'\n"))
+    rejected = rejections.get(timeout=5)
+    assert rejected is not None and rejected.attributes["source"] == "SetPolicy"
     doc = admin.call("GetPolicy", pb.GetPolicyRequest())
     assert doc.source.startswith("SetPolicy") and json.loads(doc.effective_json)["defaults"]["memory_max"] == 2**30
 
