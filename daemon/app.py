@@ -291,8 +291,8 @@ class Daemon:
 
     def housekeeping(self) -> None:
         """Remove stray empty call cgroups (never a running call's, attached or not) and old ledger rows."""
-        # A call's cgroup exists a moment before BeginToolCall registers the call: only strays made before the
-        # last round are reaped.
+        # A call's cgroup exists a moment before BeginToolCall registers the call: only strays older than
+        # STRAY_MIN_AGE_S are reaped.
         reaped = self.tree.reap_empty_calls(keep=[c.path for c in list(self.warden.calls.values())],
                                             made_before=time.time() - STRAY_MIN_AGE_S)
         if reaped:

@@ -52,6 +52,10 @@ _STATUS = {
 }
 
 
+# What the service raises for a request it refuses: answered with a status code, never a crash.
+REFUSALS = (errors.WardenError, cgroup_errors.CgroupError)
+
+
 def status_of(exc: Exception) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
@@ -86,7 +90,7 @@ def _abort_on_error(method: F) -> F:
     def wrapper(self: WardenServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except (errors.WardenError, cgroup_errors.CgroupError) as exc:
+        except REFUSALS as exc:
             context.abort(status_of(exc), str(exc))
     return wrapper  # type: ignore[return-value]
 
