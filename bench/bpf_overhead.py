@@ -6,10 +6,12 @@ run-time statistics).
 The slowdown is the median over pairs of the on/off ratio of the load's wall time and of its CPU time
 (user + system of the shell and its children: the probes run in the context of the process they
 observe), with a distribution-free 95 % confidence interval of that median; CPU time is far less
-disturbed by other work on a shared machine. Beside it, the slowdown the programs' own run time
-accounts for: their run time during the on rounds per load process over the load's CPU time per
-process with the probes off (programs run for every process on the host, so this is an upper bound
-for the load). The event reader's CPU (a thread of this process: its CPU time with the probes on
+disturbed by other work on a shared machine. The kernel's run-time statistics are on during the
+on rounds as `--run-time-stats` says (default: sampled, as in the daemon: they cost about 60 ns
+per program run here). Beside the slowdown, what the programs' own run time accounts for: their
+run time in a last, longer round with the statistics on, per load process, over the load's CPU
+time per process with the probes off (programs run for every process on the host, so this is an
+upper bound for the load). The event reader's CPU (a thread of this process: its CPU time with the probes on
 minus off) is reported apart. Last line of
 stdout: JSON."""
 
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 from _bpf_bench import ScratchCgroup
 
 from hostwarden.bpf import BpfMonitor, EventKind
-from hostwarden.bpf.programs import DEFAULT_PROGRAMS, ProgramSpec, Tracepoint
+from hostwarden.bpf.monitor import RUN_TIME_STATS_MODES
+from hostwarden.bpf.programs import DEFAULT_PROGRAMS, ProgramSpec, RawTracepoint, Tracepoint
 from hostwarden.monitor import MONITOR_DEDUP_EXECS, MONITOR_EVENT_KINDS
 
 LOOP = 'i=0; while [ "$i" -lt {count} ]; do /bin/true; i=$((i+1)); done'
@@ -36,6 +39,8 @@ CONFIDENCE = 0.95
 # Before each measured round, an unmeasured one this much shorter: loading the programs (a clang run) leaves
 # the CPU caches cold, and the rounds with the probes off must start from the same state.
 WARM_UP_FRACTION = 10
+# The per-program costs: one round this many times a slowdown round's length, with run-time statistics on.
+COST_ROUND_FACTOR = 5
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,11 @@ def _cpu(who: int) -> float:
 def run_load(cgroup: ScratchCgroup, count: int) -> LoadRun:
     children, own = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    subprocess.run(["/bin/sh", "-c", LOOP.format(count=count)], preexec_fn=cgroup.joiner(), check=True)
+    # The shell joins the cgroup itself: a preexec_fn would make Python fork this process (large, with bcc and
+    # clang loaded while the probes are on) instead of vfork, and the child's teardown of that copy would count
+    # as load CPU.
+    script = f"echo $$ > {cgroup.path / 'cgroup.procs'} && {LOOP.format(count=count)}"
+    subprocess.run(["/bin/sh", "-c", script], check=True)
     wall = time.perf_counter() - started
     return LoadRun(wall, _cpu(resource.RUSAGE_CHILDREN) - children, _cpu(resource.RUSAGE_SELF) - own)
 
@@ -93,44 +102,55 @@ def slowdown(off: Sequence[float], on: Sequence[float]) -> Slowdown:
 
 
 def empty_programs() -> tuple[list[ProgramSpec], dict[str, str]]:
-    """The tracepoint programs with empty bodies: what the kernel's tracepoint path costs before any program code."""
-    specs = [spec for spec in DEFAULT_PROGRAMS if isinstance(spec.attach, Tracepoint)]
+    """The tracepoint programs with empty bodies: what the kernel's tracepoint path costs before any program code.
+    A raw tracepoint's unit defines both of its functions; the monitor loads one."""
+    specs = [spec for spec in DEFAULT_PROGRAMS if isinstance(spec.attach, Tracepoint | RawTracepoint)]
     units: dict[str, str] = {}
     for spec in specs:
-        assert isinstance(spec.attach, Tracepoint)
-        units[spec.unit] = units.get(spec.unit, "") + \
-            f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event}) {{ return 0; }}\n"
+        tracepoint = spec.attach if isinstance(spec.attach, Tracepoint) else spec.attach.tracepoint
+        assert isinstance(tracepoint, Tracepoint)
+        body = f"TRACEPOINT_PROBE({tracepoint.category}, {tracepoint.event}) {{ return 0; }}\n"
+        if isinstance(spec.attach, RawTracepoint):
+            body += f"RAW_TRACEPOINT_PROBE({tracepoint.event}) {{ return 0; }}\n"
+        units[spec.unit] = units.get(spec.unit, "") + body
     return specs, units
 
 
-def measure_control(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> LoadRun:
-    """The "on" round of the A/A control: the programs are loaded and unloaded, then the round runs without
-    them; shows what the procedure alone (a clang run, loading, attaching) does to the round after it."""
+def measure_off(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> LoadRun:
+    """A round without the programs, after the same procedure as an on round's (a clang run, loading and
+    attaching: they disturb the round after them, by about +0.4 % when only the on rounds had them), with
+    the programs unloaded again before it starts. `--control` uses it for both rounds of a pair (A/A)."""
     monitor.start()
     monitor.stop()
     run_load(cgroup, count // WARM_UP_FRACTION)
     return run_load(cgroup, count)
 
 
-def measure_on(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor,
-               totals: dict[str, list[int]]) -> tuple[LoadRun, list[str]]:
-    """One round with `monitor`'s programs loaded afresh; adds each program's run time, runs and losses to
-    `totals`."""
+def measure_on(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> tuple[LoadRun, list[str]]:
+    """One round with `monitor`'s programs loaded afresh; also the programs that did not load."""
     statuses = monitor.start()
     try:
         monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
         run_load(cgroup, count // WARM_UP_FRACTION)
-        before = monitor.program_stats()
         run = run_load(cgroup, count)
+    finally:
+        monitor.stop()
+    return run, sorted(name for name, status in statuses.items() if not status.loaded)
+
+
+def measure_costs(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> dict[str, list[int]]:
+    """Each program's run time, runs and lost events over `count` load processes, run-time statistics on."""
+    monitor.start()
+    try:
+        monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
+        run_load(cgroup, count // WARM_UP_FRACTION)
+        before = monitor.program_stats()
+        run_load(cgroup, count)
         after = monitor.program_stats()
     finally:
         monitor.stop()
-    for name, stats in after.items():
-        total = totals.setdefault(name, [0, 0, 0])
-        total[0] += stats.run_time_ns - before[name].run_time_ns
-        total[1] += stats.run_count - before[name].run_count
-        total[2] += stats.events_lost
-    return run, sorted(name for name, status in statuses.items() if not status.loaded)
+    return {name: [stats.run_time_ns - before[name].run_time_ns, stats.run_count - before[name].run_count,
+                   stats.events_lost] for name, stats in after.items()}
 
 
 def main() -> None:
@@ -144,8 +164,16 @@ def main() -> None:
                         help="an exec event for every exec (the daemon deduplicates them in the kernel)")
     parser.add_argument("--empty-programs", action="store_true",
                         help="attach empty programs to the same tracepoints: the cost of the tracepoints themselves")
+    parser.add_argument("--tracepoint-rss-stat", action="store_true",
+                        help="attach rss_stat to its regular tracepoint instead of the raw one (as before 2026-11-28)")
+    parser.add_argument("--programs", help="comma-separated program names to load (default: all): which program "
+                        "the slowdown is in")
+    parser.add_argument("--run-time-stats", choices=RUN_TIME_STATS_MODES, default="sampled",
+                        help="when the kernel counts the programs' run time during the slowdown rounds (default: "
+                        "sampled, the daemon's default); the per-program costs come from rounds of their own with "
+                        "them on")
     parser.add_argument("--control", action="store_true",
-                        help="A/A control: the programs are loaded and unloaded before each 'on' round")
+                        help="A/A control: the 'on' rounds run like the 'off' ones")
     args = parser.parse_args()
     event_kinds = frozenset(EventKind) if args.all_events else MONITOR_EVENT_KINDS
     dedup_execs = MONITOR_DEDUP_EXECS and not args.every_exec
@@ -155,14 +183,17 @@ def main() -> None:
         parser.error("--pairs must be at least 2 and --processes at least 1")
 
     specs, units = empty_programs() if args.empty_programs else (list(DEFAULT_PROGRAMS), {})
+    if args.programs:
+        chosen = set(args.programs.split(","))
+        if unknown := chosen - {spec.name for spec in specs}:
+            parser.error(f"unknown program(s) {', '.join(sorted(unknown))}: "
+                         f"choose from {', '.join(spec.name for spec in specs)}")
+        specs = [spec for spec in specs if spec.name in chosen]
 
-    def monitor() -> BpfMonitor:
+    def monitor(run_time_stats: str = args.run_time_stats) -> BpfMonitor:
         return BpfMonitor(lambda _event: None, programs=specs, extra_units=units, event_kinds=event_kinds,
-                          dedup_execs=dedup_execs)
-
-    def measure_off() -> LoadRun:
-        run_load(cgroup, count // WARM_UP_FRACTION)
-        return run_load(cgroup, count)
+                          dedup_execs=dedup_execs, raw_tracepoints=not args.tracepoint_rss_stat,
+                          run_time_stats=run_time_stats)
 
     cgroup = ScratchCgroup("bpf-overhead")
     off: list[LoadRun] = []
@@ -173,23 +204,26 @@ def main() -> None:
         run_load(cgroup, count)  # warm the page cache and the shell
         for pair in range(pairs):
             if pair % 2:  # alternate the order, so that a drift of the machine falls on both sides
-                off.append(measure_off())
+                off.append(measure_off(cgroup, count, monitor()))
             if args.control:
-                on.append(measure_control(cgroup, count, monitor()))
+                on.append(measure_off(cgroup, count, monitor()))
             else:
-                on_run, not_loaded = measure_on(cgroup, count, monitor(), totals)
+                on_run, not_loaded = measure_on(cgroup, count, monitor())
                 on.append(on_run)
             if not pair % 2:
-                off.append(measure_off())
+                off.append(measure_off(cgroup, count, monitor()))
+        if not args.control:
+            totals = measure_costs(cgroup, count * COST_ROUND_FACTOR, monitor("always"))
     finally:
         cgroup.remove()
 
     wall = slowdown([r.wall_s for r in off], [r.wall_s for r in on])
     cpu = slowdown([r.cpu_s for r in off], [r.cpu_s for r in on])
     processes = count * pairs
+    cost_processes = count * COST_ROUND_FACTOR
     off_cpu_us = sum(r.cpu_s for r in off) / processes * 1e6
     on_cpu_us = sum(r.cpu_s for r in on) / processes * 1e6
-    program_us = sum(total[0] for total in totals.values()) / processes / 1e3
+    program_us = sum(total[0] for total in totals.values()) / cost_processes / 1e3
     attributable_pct = program_us / off_cpu_us * 100
     reader_us = (sum(r.own_cpu_s for r in on) - sum(r.own_cpu_s for r in off)) / processes * 1e6
     off_wall, on_wall = statistics.median(r.wall_s for r in off), statistics.median(r.wall_s for r in on)
@@ -198,14 +232,18 @@ def main() -> None:
           f"watched cgroup; events sent: {', '.join(sorted(kind.name.lower() for kind in event_kinds))}; "
           f"exec events {'deduplicated' if dedup_execs else 'for every exec'}"
           f"{'; EMPTY programs (tracepoint cost only)' if args.empty_programs else ''}"
-          f"{'; CONTROL: the programs are unloaded before each on round' if args.control else ''}")
+          f"{'; rss_stat on its regular tracepoint' if args.tracepoint_rss_stat else ''}"
+          f"{'; programs: ' + ', '.join(spec.name for spec in specs) if args.programs else ''}"
+          f"; run-time statistics {args.run_time_stats}"
+          f"{'; CONTROL: the on rounds run without the programs, like the off rounds' if args.control else ''}")
     print(f"{'':<24}{'probes off (baseline)':>24}{'probes on':>16}")
     print(f"{'median wall per round':<24}{off_wall:>22.3f} s{on_wall:>14.3f} s")
     print(f"{'load CPU per process':<24}{off_cpu_us:>21.1f} us{on_cpu_us:>13.1f} us")
     print(f"slowdown, wall time:      {wall}")
     print(f"slowdown, load CPU time:  {cpu}  (target < 2 %)")
     print(f"programs' own run time:   {program_us:.2f} us per load process = {attributable_pct:.2f} % of the "
-          "load's CPU time with the probes off (upper bound: runs of other processes included)")
+          "load's CPU time with the probes off (upper bound: runs of other processes included; from a round of "
+          f"{cost_processes} processes with run-time statistics on, which cost about 60 ns per program run more)")
     print(f"event reader (a thread of this process): {reader_us:.1f} us CPU per load process (this process's "
           "CPU with the probes on minus off)")
     per_program = {}
@@ -213,12 +251,14 @@ def main() -> None:
     for name, (run_time_ns, run_count, lost) in totals.items():
         mean = run_time_ns / run_count if run_count else None
         per_program[name] = {"runs": run_count, "mean_ns": round(mean, 1) if mean else None, "lost": lost}
-        print(f"{name:<22}{run_count:>10}{run_count / processes:>14.1f}{(f'{mean:.0f}' if mean else '-'):>14}"
+        print(f"{name:<22}{run_count:>10}{run_count / cost_processes:>14.1f}{(f'{mean:.0f}' if mean else '-'):>14}"
               f"{lost:>6}")
     print(f"not loaded here: {', '.join(not_loaded) or 'none'}")
     print(json.dumps({"bench": "bpf_overhead", "processes_per_round": count, "pairs": pairs,
                       "all_events": args.all_events, "dedup_execs": dedup_execs,
                       "empty_programs": args.empty_programs, "control": args.control,
+                      "tracepoint_rss_stat": args.tracepoint_rss_stat,
+                      "programs_loaded": [spec.name for spec in specs], "run_time_stats": args.run_time_stats,
                       "off_median_wall_s": round(off_wall, 4), "on_median_wall_s": round(on_wall, 4),
                       "off_cpu_us_per_process": round(off_cpu_us, 1), "on_cpu_us_per_process": round(on_cpu_us, 1),
                       "wall_slowdown": wall.as_json(), "cpu_slowdown": cpu.as_json(),

@@ -2,9 +2,10 @@
  * Definitions shared by every hostwarden program. The loader prepends this unit to the program
  * units and compiles them as one bcc module, so all programs share these maps.
  *
- * Only tracepoint arguments, BPF helpers and BTF-typed pointers are read: the development hosts
- * compile against kernel headers that do not match the running kernel, so no struct offsets
- * from the headers may be trusted.
+ * No struct offsets from kernel headers are trusted: the development hosts compile against headers that
+ * do not match the running kernel. Programs read tracepoint arguments, BPF helpers, BTF-typed pointers,
+ * and kernel structs at offsets the loader took from the running kernel's BTF (btf.py; KERNEL_LAYOUT
+ * and the offsets are defined then, and not where the kernel has no BTF).
  *
  * Cost: every program runs on host-wide hot paths (each fork, exec, exit, RSS change), so each
  * one filters first (watched cgroup, event kind wanted) and does no other work for what it drops.
@@ -74,8 +75,6 @@ _Static_assert(sizeof(struct digest_event) == 80 + EVENT_DIGEST_SIZE + EVENT_PAT
 struct process_info {
     u32 tgid;         /* in process_slots: 0 marks a free slot */
     u32 ppid;         /* 0: unknown (the process entered the cgroup from outside) */
-    s32 wait_status;  /* as waitpid reports it; WAIT_STATUS_UNKNOWN until an exit reason is seen */
-    u32 unused;
     u64 cgroup_id;
 };
 
@@ -126,7 +125,7 @@ static __always_inline struct process_info *find_process(u32 tgid)
     return slot ? slot : process_overflow.lookup(&tgid);
 }
 
-static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, s32 wait_status)
+static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id)
 {
     u32 index = tgid % PROCESS_SLOTS;
     struct process_info *slot = process_slots.lookup(&index);
@@ -135,11 +134,10 @@ static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, s32
     if (slot->tgid == 0 || slot->tgid == tgid) {  /* free, or left by an earlier process of this pid */
         slot->tgid = tgid;
         slot->ppid = ppid;
-        slot->wait_status = wait_status;
         slot->cgroup_id = cgroup_id;
         return;
     }
-    struct process_info info = {.tgid = tgid, .ppid = ppid, .wait_status = wait_status, .cgroup_id = cgroup_id};
+    struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id};
     process_overflow.update(&tgid, &info);
 }
 

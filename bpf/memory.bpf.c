@@ -3,6 +3,15 @@
  * and spike detection against a per-cgroup threshold. This works without a memory controller:
  * it counts file, anon and shmem pages mapped by the cgroup's processes (swap entries excluded).
  * An mm is charged to the cgroup its owner ran in when it was first seen.
+ *
+ * Two ways in, chosen by the loader (monitor.py):
+ * - RSS_STAT_RAW: a raw tracepoint. The kernel hands over (mm, member[, count]) without filling a trace
+ *   record; filling it costs more than the program (rss_stat's record sums the percpu counter over all
+ *   CPUs under a spinlock: about 120 ns per hit here against 40 for a raw attach, ~80 hits per short
+ *   process). The program reads the mm itself, at offsets from the running kernel's BTF (btf.py): the
+ *   counter's global value (percpu_counter.count, which lags the exact sum by less than the counter's
+ *   batch per CPU) on kernels from 6.2, the value passed as `count` before. The mm is the key.
+ * - otherwise the tracepoint, where BTF lacks something the raw program needs; the key is its mm_id.
  */
 
 /* The kernel's MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES (rss_stat's `member`), under names of our own:
@@ -16,8 +25,9 @@ struct mm_rss {
     s64 anon;
     s64 shmem;
     u64 cgroup_id;
+    u64 key;          /* the mm's address (raw) or mm_id (tracepoint); in mm_slots 0 marks a free slot */
     u32 tgid;
-    u32 mm_id;        /* in mm_slots: 0 marks a free slot */
+    u32 unused;
     char comm[16];
 };
 
@@ -28,71 +38,94 @@ struct cgroup_memory {
 };
 
 /*
- * The mms of watched processes, like the process table (common.bpf.c): each in the array slot of its
- * mm_id modulo MM_SLOTS (plain memory, inlined lookup; an LRU hash lookup and insert cost about 13 ns
- * more per run on average here, where this program runs ~77 times per short process), or in the
- * overflow LRU when a live mm holds that slot. An mm leaves its slot when its counters reach zero (exit
- * or exec teardown); a slot whose owner cgroup is no longer watched may be taken over, so an mm whose
- * teardown was never seen does not hold its slot forever.
+ * The mms of watched processes, like the process table (common.bpf.c): each in the array slot its key
+ * hashes to (plain memory, inlined lookup; an LRU hash lookup and insert cost about 13 ns more per run
+ * on average here, where this program runs ~77 times per short process), or in the overflow LRU when a
+ * live mm holds that slot. An mm leaves its slot at its teardown; a slot whose owner cgroup is no longer
+ * watched may be taken over, so an mm whose teardown was never seen does not hold its slot forever.
  */
 #ifndef MM_SLOTS  /* a test defines a smaller table to exercise the overflow */
 #define MM_SLOTS 16384
 #endif
 
 BPF_ARRAY(mm_slots, struct mm_rss, MM_SLOTS);
-BPF_TABLE("lru_hash", u32, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
+BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
+/* Entries put in mm_overflow minus those deleted: while 0 (the usual case) a key missing from its slot is not
+ * looked up there, which saves a hash lookup on most runs. An LRU eviction leaves it high: lookups, never misses. */
+BPF_ARRAY(mm_overflow_entries, s64, 1);
 BPF_HASH(cgroup_memory, u64, struct cgroup_memory, MAX_WATCHED_CGROUPS);
 
-static __always_inline struct mm_rss *find_mm(u32 mm_id)
+static __always_inline u32 mm_slot_index(u64 key)
 {
-    u32 index = mm_id % MM_SLOTS;
+    /* Fibonacci hashing: mm addresses are slab-aligned, so their low bits alone would crowd a few slots. */
+    return (u32)((key * 0x9E3779B97F4A7C15ULL) >> 32) % MM_SLOTS;
+}
+
+static __always_inline s64 *overflow_entries(void)
+{
+    u32 zero = 0;
+    return mm_overflow_entries.lookup(&zero);
+}
+
+static __always_inline struct mm_rss *find_mm(u64 key)
+{
+    u32 index = mm_slot_index(key);
     struct mm_rss *slot = mm_slots.lookup(&index);
-    if (slot && slot->mm_id == mm_id)
+    if (slot && slot->key == key)
         return slot;
-    return mm_overflow.lookup(&mm_id);
+    s64 *entries = overflow_entries();
+    if (!entries || *entries <= 0)
+        return 0;
+    return mm_overflow.lookup(&key);
 }
 
 /* A new mm of the current task (in watched cgroup `cgroup_id`), with zero counters. */
-static __always_inline struct mm_rss *track_mm(u32 mm_id, u64 cgroup_id)
+static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id)
 {
-    u32 index = mm_id % MM_SLOTS;
+    u32 index = mm_slot_index(key);
     struct mm_rss *slot = mm_slots.lookup(&index);
     if (!slot)
         return 0;  /* cannot happen (index < MM_SLOTS); the verifier wants the check */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (slot->mm_id == 0 || !cgroup_memory.lookup(&slot->cgroup_id)) {
+    if (slot->key == 0 || !cgroup_memory.lookup(&slot->cgroup_id)) {
         slot->file = 0;
         slot->anon = 0;
         slot->shmem = 0;
         slot->cgroup_id = cgroup_id;
         slot->tgid = tgid;
-        slot->mm_id = mm_id;
+        slot->key = key;
         bpf_get_current_comm(&slot->comm, sizeof(slot->comm));
         return slot;
     }
-    struct mm_rss fresh = {.cgroup_id = cgroup_id, .tgid = tgid, .mm_id = mm_id};
+    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .tgid = tgid};
     bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-    mm_overflow.insert(&mm_id, &fresh);
-    return mm_overflow.lookup(&mm_id);
+    s64 *entries = overflow_entries();
+    if (!entries || mm_overflow.insert(&key, &fresh) != 0)
+        return 0;
+    __sync_fetch_and_add(entries, 1);
+    return mm_overflow.lookup(&key);
 }
 
-static __always_inline void forget_mm(struct mm_rss *mm, u32 mm_id)
+static __always_inline void forget_mm(struct mm_rss *mm, u64 key)
 {
-    u32 index = mm_id % MM_SLOTS;
+    u32 index = mm_slot_index(key);
     struct mm_rss *slot = mm_slots.lookup(&index);
-    if (slot == mm)
-        slot->mm_id = 0;
-    else
-        mm_overflow.delete(&mm_id);
+    if (slot == mm) {
+        slot->key = 0;
+        return;
+    }
+    s64 *entries = overflow_entries();
+    if (mm_overflow.delete(&key) == 0 && entries)
+        __sync_fetch_and_add(entries, -1);
 }
 
-static __always_inline void report_spike(struct mm_rss *mm, s64 rss, u64 threshold, int own_mm)
+static __always_inline void report_spike(struct mm_rss *mm, u64 cgroup_id, s64 rss, u64 threshold)
 {
-    struct event *event = reserve_event(EVENT_SPIKE, mm->cgroup_id, sizeof(struct event));
+    struct event *event = reserve_event(EVENT_SPIKE, cgroup_id, sizeof(struct event));
     if (!event)
         return;
-    if (!own_mm) {
-        /* Counters changed from another context (teardown, fork): name the mm's owner instead. */
+    if (event->tgid != mm->tgid) {
+        /* Counters changed from another process (fork, reclaim, teardown): name the mm's owner instead. */
         event->pid = mm->tgid;
         event->tgid = mm->tgid;
         __builtin_memcpy(event->comm, mm->comm, sizeof(event->comm));
@@ -102,9 +135,9 @@ static __always_inline void report_spike(struct mm_rss *mm, s64 rss, u64 thresho
     events.ringbuf_submit(event, 0);
 }
 
-/* Adds an mm's change to its owner cgroup's RSS (unless no longer watched) and reports a crossing. */
-static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta, struct watch_config *config, u64 cgroup_id,
-                                         int own_mm)
+/* Adds an mm's change to its owner cgroup's RSS (unless no longer watched) and reports a crossing.
+ * `config` belongs to `cgroup_id`, the current task's cgroup, when the caller has looked it up (else NULL, 0). */
+static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta, struct watch_config *config, u64 cgroup_id)
 {
     u64 owner = mm->cgroup_id;
     struct cgroup_memory *memory = cgroup_memory.lookup(&owner);
@@ -120,44 +153,128 @@ static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta, struct wa
     s64 threshold = config->spike_threshold;
     /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
     if (rss >= threshold && __sync_lock_test_and_set(&config->spike_fired, 1) == 0)
-        report_spike(mm, rss, threshold, own_mm && owner == cgroup_id);
+        report_spike(mm, owner, rss, threshold);
 }
+
+/* Records that counter `member` of `mm` is now `size` bytes; returns the change. */
+static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 size, struct watch_config *config,
+                                          u64 cgroup_id)
+{
+    s64 *counter = member == RSS_MEMBER_FILE ? &mm->file : member == RSS_MEMBER_ANON ? &mm->anon : &mm->shmem;
+    if (*counter == size)
+        return 0;  /* the usual case where the value is a percpu counter's global part: no atomic exchange */
+    s64 delta = size - __sync_lock_test_and_set(counter, size);
+    if (delta != 0)
+        add_to_owner(mm, delta, config, cgroup_id);
+    return delta;
+}
+
+static __always_inline int is_resident_member(int member)
+{
+    /* Swap entries (MM_SWAPENTS) are not resident memory: dropped before any lookup. */
+    return member == RSS_MEMBER_FILE || member == RSS_MEMBER_ANON || member == RSS_MEMBER_SHMEM;
+}
+
+#ifdef RSS_STAT_RAW
+
+static __always_inline u64 read_kernel_u64(u64 address)
+{
+    u64 value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (void *)address);
+    return value;
+}
+
+static __always_inline int mm_is_current(u64 mm)
+{
+    return read_kernel_u64(bpf_get_current_task() + TASK_MM_OFFSET) == mm;
+}
+
+/* An mm whose users are gone is being torn down (exit, or the old mm of an exec): its pages are on their way
+ * out. Its whole count leaves the owner at once, since the global value of a percpu counter need not reach 0. */
+static __always_inline int mm_is_torn_down(u64 mm)
+{
+    u32 users = 1;
+    bpf_probe_read_kernel(&users, sizeof(users), (void *)(mm + RSS_MM_USERS_OFFSET));
+    return users == 0;
+}
+
+static __always_inline s64 counter_bytes(struct bpf_raw_tracepoint_args *ctx, u64 mm, int member)
+{
+#ifdef RSS_COUNTER_IN_ARGS
+    s64 pages = (s64)ctx->args[2];
+#else
+    s64 pages = (s64)read_kernel_u64(mm + RSS_MM_COUNTERS_OFFSET + member * RSS_COUNTER_STRIDE +
+                                     RSS_COUNTER_VALUE_OFFSET);
+#endif
+    return pages < 0 ? 0 : pages << RSS_PAGE_SHIFT;
+}
+
+/*
+ * Most runs are for an mm already tracked, or for one that has nothing to count yet: neither needs the
+ * task's cgroup. A tracked mm's change goes to its owner cgroup whoever makes it (the process itself, its
+ * parent copying it at fork, reclaim); an mm is first tracked from its own process in a watched cgroup.
+ */
+RAW_TRACEPOINT_PROBE(rss_stat)
+{
+    int member = (int)ctx->args[1];
+    if (!is_resident_member(member))
+        return 0;
+    u64 key = ctx->args[0];
+    struct mm_rss *mm = find_mm(key);
+    if (mm) {
+        if (mm_is_torn_down(key)) {
+            add_to_owner(mm, -(mm->file + mm->anon + mm->shmem), 0, 0);
+            forget_mm(mm, key);
+        } else {
+            update_counter(mm, member, counter_bytes(ctx, key, member), 0, 0);
+        }
+        return 0;
+    }
+    s64 size = counter_bytes(ctx, key, member);
+    if (size == 0 || !mm_is_current(key))
+        return 0;
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
+    if (!config)
+        return 0;
+    mm = track_mm(key, cgroup_id);
+    if (mm)
+        update_counter(mm, member, size, config, cgroup_id);
+    return 0;
+}
+
+#else
 
 TRACEPOINT_PROBE(kmem, rss_stat)
 {
-    /* Swap entries (MM_SWAPENTS) are not resident memory: dropped before any lookup. */
     int member = args->member;
-    if (member != RSS_MEMBER_FILE && member != RSS_MEMBER_ANON && member != RSS_MEMBER_SHMEM)
+    if (!is_resident_member(member))
         return 0;
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
     int own_mm = args->curr;
-    u32 mm_id = args->mm_id;
+    u64 key = args->mm_id;
     struct mm_rss *mm;
     if (!config) {
         if (own_mm)
             return 0; /* an unwatched process touching its own memory: the common case, cheap */
-        mm = find_mm(mm_id);
+        mm = find_mm(key);
         if (!mm)
             return 0;
     } else {
-        mm = find_mm(mm_id);
+        mm = find_mm(key);
         if (!mm) {
             if (!own_mm)
                 return 0;
-            mm = track_mm(mm_id, cgroup_id);
+            mm = track_mm(key, cgroup_id);
             if (!mm)
                 return 0;
         }
     }
-
-    s64 *counter = member == RSS_MEMBER_FILE ? &mm->file : member == RSS_MEMBER_ANON ? &mm->anon : &mm->shmem;
-    s64 size = args->size;
-    s64 delta = size - __sync_lock_test_and_set(counter, size);
-    if (delta == 0)
-        return 0;
-    add_to_owner(mm, delta, config, cgroup_id, own_mm);
-    if (mm->file == 0 && mm->anon == 0 && mm->shmem == 0)
-        forget_mm(mm, mm_id); /* the mm is gone (exit or exec teardown) */
+    if (update_counter(mm, member, args->size, config, cgroup_id) != 0 &&
+        mm->file == 0 && mm->anon == 0 && mm->shmem == 0)
+        forget_mm(mm, key); /* the mm is gone (exit or exec teardown): its sums are exact here */
     return 0;
 }
+
+#endif

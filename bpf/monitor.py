@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import importlib
 import itertools
 import logging
@@ -17,6 +18,7 @@ import select
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,13 @@ from types import ModuleType
 from typing import Any
 
 from hostwarden.bpf import kernel
+from hostwarden.bpf.btf import Btf, BtfError, KernelLayout, kernel_layout
 from hostwarden.bpf.events import BpfEvent, EventDecodeError, EventKind, decode_event
 from hostwarden.bpf.programs import (
     COMMON_UNIT,
     DEFAULT_PROGRAMS,
     ProgramSpec,
+    RawTracepoint,
     SleepableLsm,
     Tracepoint,
     compose_source,
@@ -39,6 +43,11 @@ log = logging.getLogger(__name__)
 
 # Lifecycle events are not woken for (see common.bpf.c): they are drained this often.
 _DRAIN_INTERVAL_MS = 50
+# When the kernel counts programs' run time (BPF_ENABLE_STATS): two clock reads per program run, about 60 ns
+# here, as much as a short program itself. "sampled": a window of every period (the daemon's default).
+RUN_TIME_STATS_MODES = ("sampled", "always", "off")
+STATS_WINDOW_S = 1.0
+STATS_PERIOD_S = 10.0
 _DETAIL_LINES = 6  # compiler / verifier lines kept in a program's failure detail
 
 
@@ -94,12 +103,15 @@ def tracefs_events_dir(sys_root: Path = Path("/sys")) -> Path | None:
 
 def unavailable_reason(spec: ProgramSpec, sys_root: Path, events_dir: Path | None) -> str | None:
     """Why `spec` cannot run on this kernel, found without loading anything; None if it may."""
-    if isinstance(spec.attach, Tracepoint):
+    if isinstance(spec.attach, Tracepoint | RawTracepoint):
+        # A raw tracepoint's program falls back to the regular one, which must exist (it does wherever the
+        # raw one does).
+        tracepoint = spec.attach if isinstance(spec.attach, Tracepoint) else spec.attach.tracepoint
         if events_dir is None:
             return ("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): "
-                    f"cannot attach {spec.attach}")
-        if not (events_dir / spec.attach.category / spec.attach.event).is_dir():
-            return f"{spec.attach} does not exist on kernel {platform.release()}"
+                    f"cannot attach {tracepoint}")
+        if not (events_dir / tracepoint.category / tracepoint.event).is_dir():
+            return f"{tracepoint} does not exist on kernel {platform.release()}"
         return None
     lsm_file = sys_root / "kernel/security/lsm"
     try:
@@ -173,15 +185,24 @@ class BpfMonitor:
         sys_root: Path = Path("/sys"),
         event_kinds: Collection[EventKind] = tuple(EventKind),
         dedup_execs: bool = False,
+        raw_tracepoints: bool = True,
+        run_time_stats: str = "always",
     ) -> None:
         """`extra_units` are C sources (by unit name) for programs not shipped in the package.
         `event_kinds` are the events to deliver; the programs send no others to user space (each
         event costs a ring-buffer record in the kernel and a decode here). `dedup_execs`: exec
         events report each path once per watch() of a cgroup (its first exec), not every exec;
-        rarely a path is reported again (when its set of the kernel's table was full: lifecycle.bpf.c)."""
+        rarely a path is reported again (when its set of the kernel's table was full: lifecycle.bpf.c).
+        `raw_tracepoints=False` attaches raw-tracepoint programs to their regular tracepoints (to compare costs).
+        `run_time_stats` (RUN_TIME_STATS_MODES): when the kernel counts the programs' run time and runs."""
+        if run_time_stats not in RUN_TIME_STATS_MODES:
+            raise ValueError(f"run_time_stats must be one of {', '.join(RUN_TIME_STATS_MODES)}, got {run_time_stats!r}")
         self._on_event = on_event
         self._event_kinds = frozenset(event_kinds)
         self._dedup_execs = dedup_execs
+        self._raw_tracepoints = raw_tracepoints
+        self._layout: KernelLayout | None = None
+        self._layout_missing = ""  # why there is no kernel layout
         self._watch_serials = itertools.count(1)
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
@@ -191,7 +212,12 @@ class BpfMonitor:
         self._started = False
         self._program_fds: dict[str, int] = {}
         self._lsm_fds: list[int] = []  # programs and links loaded here rather than by bcc
+        self._run_time_stats = run_time_stats
+        self._stats_lock = threading.Lock()
         self._stats_fd: int | None = None
+        self._stats_on_since = 0.0
+        self._stats_seconds = 0.0
+        self._stats_refused = False
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._consume_lock = threading.Lock()  # libbpf's consumer position must not be advanced twice at once
@@ -229,6 +255,7 @@ class BpfMonitor:
                 statuses[spec.name] = ProgramStatus(spec.name, False, reason)
 
         units = list(dict.fromkeys(spec.unit for spec in candidates))
+        self._read_kernel_layout()
         self._bpf, compile_failures = self._compile(bcc, units)
         if self._bpf is not None:
             wanted = self._bpf[b"event_wanted"]
@@ -250,6 +277,29 @@ class BpfMonitor:
             self._bpf = None
         return {spec.name: statuses[spec.name] for spec in self._programs}
 
+    def _read_kernel_layout(self) -> None:
+        """The struct offsets the programs read, from this kernel's BTF (they are compiled in as -D flags)."""
+        try:
+            self._layout = kernel_layout(Btf.load(self._sys_root / "kernel/btf/vmlinux"))
+        except BtfError as missing:
+            self._layout, self._layout_missing = None, str(missing)
+            log.warning("no kernel layout from BTF (%s): exit statuses unknown, rss_stat on its tracepoint", missing)
+            return
+        if not self._raw_tracepoints:
+            self._layout = dataclasses.replace(self._layout, rss=None, rss_unavailable="raw tracepoints turned off")
+        elif self._layout.rss is None:
+            log.warning("rss_stat attaches to its tracepoint (about 80 ns more per RSS change): %s",
+                        self._layout.rss_unavailable)
+
+    def _raw_tracepoint_refusal(self) -> str | None:
+        """Why raw-tracepoint programs attach to their regular tracepoints; None where they need not."""
+        if self._layout is None:
+            return self._layout_missing
+        return self._layout.rss_unavailable if self._layout.rss is None else None
+
+    def _cflags(self) -> list[str]:
+        return [] if self._layout is None else self._layout.cflags(os.sysconf("SC_PAGE_SIZE"))
+
     def _unit_source(self, unit: str) -> str:
         return self._extra_units[unit] if unit in self._extra_units else packaged_unit(unit)
 
@@ -268,7 +318,7 @@ class BpfMonitor:
             failure: Exception | None = None
             with _captured_stderr() as stderr:
                 try:
-                    return bpf_class(text=compose_source(sources, names).encode())
+                    return bpf_class(text=compose_source(sources, names).encode(), cflags=self._cflags())
                 except Exception as refused:  # bcc raises bare Exception for compile errors
                     failure = refused
             raise _CompileError(_error_detail(failure, "".join(stderr)))
@@ -297,17 +347,29 @@ class BpfMonitor:
             try:
                 if isinstance(spec.attach, SleepableLsm):
                     detail = self._load_sleepable_lsm(bcc, spec, spec.attach)
-                else:
-                    function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.TRACEPOINT)
-                    self._bpf.attach_tracepoint(tp=f"{spec.attach.category}:{spec.attach.event}".encode(),
-                                                fn_name=function.name)
+                elif isinstance(spec.attach, RawTracepoint) and self._raw_tracepoint_refusal() is None:
+                    function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.RAW_TRACEPOINT)
+                    self._bpf.attach_raw_tracepoint(tp=spec.attach.tracepoint.event.encode(), fn_name=function.name)
                     self._program_fds[spec.name] = function.fd
-                    detail = f"attached to {spec.attach}"
+                    detail = f"attached to {spec.attach} (kernel layout from BTF)"
+                elif isinstance(spec.attach, RawTracepoint):
+                    detail = self._attach_tracepoint(bcc, spec, spec.attach.tracepoint)
+                    detail += f" (not its raw tracepoint: {self._raw_tracepoint_refusal()})"
+                else:
+                    detail = self._attach_tracepoint(bcc, spec, spec.attach)
+                    if spec.without_layout and self._layout is None:
+                        detail += f" ({spec.without_layout} unknown: {self._layout_missing})"
             except Exception as refused:  # bcc raises bare Exception for load and attach errors
                 failure = refused
         if failure is not None:  # the captured text is complete only once the block has ended
             return ProgramStatus(spec.name, False, _error_detail(failure, "".join(stderr)))
         return ProgramStatus(spec.name, True, detail)
+
+    def _attach_tracepoint(self, bcc: ModuleType, spec: ProgramSpec, tracepoint: Tracepoint) -> str:
+        function = self._bpf.load_func(tracepoint.function.encode(), bcc.BPF.TRACEPOINT)
+        self._bpf.attach_tracepoint(tp=f"{tracepoint.category}:{tracepoint.event}".encode(), fn_name=function.name)
+        self._program_fds[spec.name] = function.fd
+        return f"attached to {tracepoint}"
 
     def _load_sleepable_lsm(self, bcc: ModuleType, spec: ProgramSpec, attach: SleepableLsm) -> str:
         instructions = self._bpf.dump_func(attach.function.encode())
@@ -331,10 +393,8 @@ class BpfMonitor:
     # ---- delivery ------------------------------------------------------------------------
 
     def _start_delivery(self) -> None:
-        try:
-            self._stats_fd = kernel.enable_run_time_stats()
-        except OSError as refused:
-            log.warning("BPF run-time statistics unavailable (%s): program costs read as 0", refused)
+        self._stats_refused = False
+        self._set_run_time_stats(self._run_time_stats == "always")
         self._bpf[b"events"].open_ring_buffer(self._on_record)
         # Wait on the ring's epoll fd ourselves (instead of bcc's ring_buffer_poll, which also
         # consumes) so that consuming happens only under _consume_lock: flush() may then drain
@@ -353,6 +413,32 @@ class BpfMonitor:
         while not self._stop.is_set():
             waiter.poll(_DRAIN_INTERVAL_MS)
             self.flush()
+            if self._run_time_stats == "sampled":
+                self._set_run_time_stats(time.monotonic() % STATS_PERIOD_S < STATS_WINDOW_S)
+
+    def _set_run_time_stats(self, on: bool) -> None:
+        """Turn the kernel's run-time statistics on or off (a BPF_ENABLE_STATS fd: undone when it closes, also
+        if this process dies), keeping the time they were on."""
+        with self._stats_lock:
+            if on and self._stats_fd is None and not self._stats_refused:
+                try:
+                    self._stats_fd = kernel.enable_run_time_stats()
+                except OSError as refused:
+                    self._stats_refused = True
+                    log.warning("BPF run-time statistics unavailable (%s): program costs read as 0", refused)
+                    return
+                self._stats_on_since = time.monotonic()
+            elif not on and self._stats_fd is not None:
+                os.close(self._stats_fd)
+                self._stats_fd = None
+                self._stats_seconds += time.monotonic() - self._stats_on_since
+
+    def run_time_stats_seconds(self) -> float:
+        """How long the kernel has counted the programs' run time and runs (program_stats() covers only that)."""
+        with self._stats_lock:
+            if self._stats_fd is None:
+                return self._stats_seconds
+            return self._stats_seconds + time.monotonic() - self._stats_on_since
 
     def flush(self) -> None:
         """Deliver every record submitted so far, on the calling thread, before returning.
@@ -396,9 +482,7 @@ class BpfMonitor:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
-        if self._stats_fd is not None:
-            os.close(self._stats_fd)
-            self._stats_fd = None
+        self._set_run_time_stats(False)
         self._program_fds.clear()
         self._started = False
 

@@ -25,6 +25,25 @@ class Tracepoint:
 
 
 @dataclass(frozen=True)
+class RawTracepoint:
+    """A raw tracepoint: the program gets the kernel's arguments, and no trace record is filled for it.
+
+    Its program reads kernel structs at offsets from the running kernel's BTF (btf.py); where BTF lacks
+    them the unit is compiled for, and attached to, the regular `tracepoint` instead.
+    """
+
+    tracepoint: Tracepoint
+
+    @property
+    def function(self) -> str:
+        """The name bcc's RAW_TRACEPOINT_PROBE(event) gives the function."""
+        return f"raw_tracepoint__{self.tracepoint.event}"
+
+    def __str__(self) -> str:
+        return f"raw tracepoint {self.tracepoint.event}"
+
+
+@dataclass(frozen=True)
 class SleepableLsm:
     hook: str
 
@@ -41,22 +60,23 @@ class SleepableLsm:
 class ProgramSpec:
     """One BPF program: its report name, the source unit defining it, and where it attaches.
 
-    `event_kinds` are the events it sends (their ring-buffer losses are charged to it).
+    `event_kinds` are the events it sends (their ring-buffer losses are charged to it). `without_layout`:
+    what its events lack where the kernel's struct layout is unknown (no BTF).
     """
 
     name: str
     unit: str
-    attach: Tracepoint | SleepableLsm
+    attach: Tracepoint | RawTracepoint | SleepableLsm
     event_kinds: tuple[EventKind, ...] = ()
+    without_layout: str = ""
 
 
 DEFAULT_PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec("process_fork", "lifecycle", Tracepoint("task", "task_newtask"), (EventKind.FORK,)),
     ProgramSpec("process_exec", "lifecycle", Tracepoint("sched", "sched_process_exec"), (EventKind.EXEC,)),
-    ProgramSpec("process_exit", "lifecycle", Tracepoint("sched", "sched_process_exit"), (EventKind.EXIT,)),
-    ProgramSpec("exit_status_call", "lifecycle", Tracepoint("syscalls", "sys_enter_exit_group")),
-    ProgramSpec("exit_status_signal", "lifecycle", Tracepoint("signal", "signal_deliver")),
-    ProgramSpec("rss_stat", "memory", Tracepoint("kmem", "rss_stat"), (EventKind.SPIKE,)),
+    ProgramSpec("process_exit", "lifecycle", Tracepoint("sched", "sched_process_exit"), (EventKind.EXIT,),
+                without_layout="exit status"),
+    ProgramSpec("rss_stat", "memory", RawTracepoint(Tracepoint("kmem", "rss_stat")), (EventKind.SPIKE,)),
     ProgramSpec("oom_victim", "oom", Tracepoint("oom", "mark_victim"), (EventKind.OOM,)),
     ProgramSpec("memcg_reclaim_begin", "reclaim", Tracepoint("vmscan", "mm_vmscan_memcg_reclaim_begin")),
     ProgramSpec("memcg_reclaim_end", "reclaim", Tracepoint("vmscan", "mm_vmscan_memcg_reclaim_end"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostwarden.bpf.monitor import RUN_TIME_STATS_MODES
 from hostwarden.endpoints import DEFAULT_SOCKET
 
 DEFAULT_CONFIG_PATH = Path("/etc/hostwarden/hostwarden.toml")
@@ -41,6 +42,8 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class BpfConfig:
     enabled: bool = True
+    # When the kernel counts the programs' run time (their cost metrics): see RUN_TIME_STATS_MODES.
+    run_time_stats: str = "sampled"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ def parse_config(text: str, source: str) -> Config:
         else:
             raise ConfigError(f"{name}: unknown section (known: daemon, metrics, bpf, power, attest)")
     config = Config(source=source, **sections)
+    if config.bpf.run_time_stats not in RUN_TIME_STATS_MODES:
+        raise ConfigError(f"bpf.run_time_stats: expected one of {', '.join(RUN_TIME_STATS_MODES)}, "
+                          f"got {config.bpf.run_time_stats!r}")
     if config.daemon.event_queue_size < 1:
         raise ConfigError("daemon.event_queue_size: must be at least 1")
     if config.daemon.tcp_address and not (config.daemon.tls_cert and config.daemon.tls_key

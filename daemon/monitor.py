@@ -13,6 +13,7 @@ A program that cannot load is reported in the capabilities with its reason; the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -85,12 +86,15 @@ class BpfBackend(Protocol):
 
     def program_stats(self) -> dict[str, ProgramStats]: ...
 
+    def run_time_stats_seconds(self) -> float: ...
+
 
 BackendFactory = Callable[[Callable[[BpfEvent], None]], BpfBackend]
 
 
-def default_backend(on_event: Callable[[BpfEvent], None]) -> BpfBackend:
-    return BpfMonitor(on_event, event_kinds=MONITOR_EVENT_KINDS, dedup_execs=MONITOR_DEDUP_EXECS)
+def default_backend(on_event: Callable[[BpfEvent], None], run_time_stats: str = "sampled") -> BpfBackend:
+    return BpfMonitor(on_event, event_kinds=MONITOR_EVENT_KINDS, dedup_execs=MONITOR_DEDUP_EXECS,
+                      run_time_stats=run_time_stats)
 
 
 def spike_threshold_for(call: RunningCall) -> int | None:
@@ -116,15 +120,25 @@ class _Watched:
 
 
 class BpfCostCollector(Collector):
-    """Each loaded program's own cost, read from the kernel at scrape time."""
+    """Each loaded program's own cost, read from the kernel at scrape time.
 
-    def __init__(self, read_stats: Callable[[], Mapping[str, ProgramStats]]) -> None:
+    The kernel counts run time and runs only while its statistics are on (`[bpf] run_time_stats`: by default
+    a window of every period); hostwarden_bpf_run_time_stats_seconds_total says for how long, so that a
+    rate of run seconds over it is a program's share of a CPU and run seconds over runs its mean cost.
+    """
+
+    def __init__(self, read_stats: Callable[[], Mapping[str, ProgramStats]],
+                 read_stats_seconds: Callable[[], float]) -> None:
         self._read_stats = read_stats
+        self._read_stats_seconds = read_stats_seconds
 
     def collect(self) -> Iterable[Metric]:
         run_seconds = CounterMetricFamily("hostwarden_bpf_program_run_seconds",
-                                          "Time the kernel spent running each eBPF program", labels=["program"])
-        runs = CounterMetricFamily("hostwarden_bpf_program_runs", "Runs of each eBPF program", labels=["program"])
+                                          "Time the kernel spent running each eBPF program, counted while run-time "
+                                          "statistics were on", labels=["program"])
+        runs = CounterMetricFamily("hostwarden_bpf_program_runs",
+                                   "Runs of each eBPF program, counted while run-time statistics were on",
+                                   labels=["program"])
         lost = CounterMetricFamily("hostwarden_bpf_events_lost",
                                    "Events an eBPF program could not deliver (ring buffer full)", labels=["program"])
         for program, stats in sorted(self._read_stats().items()):
@@ -134,6 +148,9 @@ class BpfCostCollector(Collector):
         yield run_seconds
         yield runs
         yield lost
+        yield CounterMetricFamily("hostwarden_bpf_run_time_stats_seconds",
+                                  "Seconds during which the kernel counted eBPF programs' run time and runs "
+                                  "([bpf] run_time_stats)", value=self._read_stats_seconds())
 
 
 class Monitor(Observer):
@@ -164,7 +181,7 @@ class Monitor(Observer):
         self._loaded = frozenset(name for name, status in self.statuses.items() if status.loaded)
         self._record_capabilities()
         if self._loaded:
-            self._metrics.register(BpfCostCollector(self._backend.program_stats))
+            self._metrics.register(BpfCostCollector(self._backend.program_stats, self._backend.run_time_stats_seconds))
         for name, status in self.statuses.items():
             if not status.loaded:
                 log.warning("bpf program %s not loaded: %s", name, status.detail)
@@ -359,4 +376,4 @@ def build_monitor(daemon: Daemon) -> Monitor | None:
     """The monitor part, unless `[bpf] enabled = false`."""
     if not daemon.config.bpf.enabled:
         return None
-    return Monitor(daemon)
+    return Monitor(daemon, functools.partial(default_backend, run_time_stats=daemon.config.bpf.run_time_stats))

@@ -3,7 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from hostwarden.bpf.monitor import tracefs_events_dir, unavailable_reason
-from hostwarden.bpf.programs import DEFAULT_PROGRAMS, ProgramSpec, SleepableLsm, Tracepoint, packaged_unit
+from hostwarden.bpf.programs import (
+    DEFAULT_PROGRAMS,
+    ProgramSpec,
+    RawTracepoint,
+    SleepableLsm,
+    Tracepoint,
+    packaged_unit,
+)
 
 
 def fake_sys(tmp_path: Path, *, tracepoints: list[str], lsm: str | None, btf: bool = True) -> Path:
@@ -23,6 +30,9 @@ def test_every_default_program_has_a_packaged_source_defining_its_function():
         source = packaged_unit(spec.unit)
         if isinstance(spec.attach, Tracepoint):
             assert f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event})" in source
+        elif isinstance(spec.attach, RawTracepoint):  # and the regular one, for kernels without BTF
+            assert f"RAW_TRACEPOINT_PROBE({spec.attach.tracepoint.event})" in source
+            assert f"TRACEPOINT_PROBE({spec.attach.tracepoint.category}, {spec.attach.tracepoint.event})" in source
         else:
             assert f"LSM_PROBE({spec.attach.hook}," in source
     assert "BPF_HASH(watched_cgroups" in packaged_unit("common")

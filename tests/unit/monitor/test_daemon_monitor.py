@@ -74,6 +74,9 @@ class FakeBpf:
     def program_stats(self) -> dict[str, ProgramStats]:
         return {"process_exec": ProgramStats(run_time_ns=2_500_000_000, run_count=7, events_lost=3)}
 
+    def run_time_stats_seconds(self) -> float:
+        return 12.5
+
     def emit(self, event: BpfEvent) -> None:
         self.on_event(event)
 
@@ -304,6 +307,7 @@ def test_program_costs_are_metrics(harness: Harness) -> None:
     text = generate_latest(harness.daemon.metrics.registry).decode()
     assert 'hostwarden_bpf_program_run_seconds_total{program="process_exec"} 2.5' in text
     assert 'hostwarden_bpf_program_runs_total{program="process_exec"} 7.0' in text
+    assert "hostwarden_bpf_run_time_stats_seconds_total 12.5" in text
     assert 'hostwarden_bpf_events_lost_total{program="process_exec"} 3.0' in text
 
 

@@ -1,0 +1,250 @@
+"""The running kernel's struct layout, read from its BTF (/sys/kernel/btf/vmlinux).
+
+The raw rss_stat program (memory.bpf.c) reads kernel structs directly, and the kernel headers on a host
+need not match the running kernel, so the offsets come from BTF at load time and reach the program as
+-D flags. Only what that program needs is decoded here: a plain reader of the BTF format
+(Documentation/bpf/btf.rst), with no dependency on libbpf's ABI.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+
+_MAGIC = 0xEB9F
+_HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
+_TYPE = struct.Struct("<III")  # name_off, info, size or type
+_MEMBER = struct.Struct("<III")  # name_off, type, offset
+_ARRAY = struct.Struct("<III")  # type, index_type, nelems
+
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION = 1, 2, 3, 4, 5
+KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
+KIND_FUNC_PROTO, KIND_TYPE_TAG = 13, 18
+_QUALIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
+
+
+def _extra_bytes(kind: int, vlen: int) -> int:
+    """Bytes that follow a type's 12-byte common part, by kind."""
+    if kind in (KIND_INT, 14, 17):  # int encoding; var linkage; decl_tag component index
+        return 4
+    if kind == KIND_ARRAY:
+        return _ARRAY.size
+    if kind in (KIND_STRUCT, KIND_UNION, 15, 19):  # members; datasec entries; enum64 values
+        return 12 * vlen
+    if kind in (6, KIND_FUNC_PROTO):  # enum values; parameters
+        return 8 * vlen
+    if kind in (KIND_PTR, 7, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, 12, 16, KIND_TYPE_TAG):
+        return 0
+    raise BtfError(f"unknown BTF kind {kind}: a newer BTF format than this reader knows")
+
+
+class BtfError(Exception):
+    """The BTF is unreadable, or lacks what a program needs (the message says what)."""
+
+
+@dataclass(frozen=True)
+class BtfType:
+    kind: int
+    name: str
+    size_or_type: int  # size for int/struct/union/enum; referenced type id for the others
+    vlen: int
+    kind_flag: bool
+    position: int  # of the kind-specific data in the type section
+
+
+class Btf:
+    """Types of one BTF blob, looked up by name; type id 0 is void."""
+
+    def __init__(self, blob: bytes) -> None:
+        if len(blob) < _HEADER.size:
+            raise BtfError("BTF data shorter than its header")
+        magic, _version, _flags, header_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(blob)
+        if magic != _MAGIC:
+            raise BtfError(f"not BTF data (magic {magic:#x}; a big-endian blob is not supported)")
+        self._types = blob[header_len + type_off:header_len + type_off + type_len]
+        self._strings = blob[header_len + str_off:header_len + str_off + str_len]
+        if len(self._types) != type_len or len(self._strings) != str_len:
+            raise BtfError("BTF data truncated")
+        self._positions = [0]  # type id -> offset of its common part
+        self._by_name: dict[tuple[str, int], int] = {}
+        position = 0
+        while position < type_len:
+            self._positions.append(position)
+            name_off, info, _ = _TYPE.unpack_from(self._types, position)
+            kind = (info >> 24) & 0x1F
+            if name_off and kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF):
+                self._by_name.setdefault((self._string(name_off), kind), len(self._positions) - 1)
+            position += _TYPE.size + _extra_bytes(kind, info & 0xFFFF)
+
+    @classmethod
+    def load(cls, path: Path = VMLINUX_BTF) -> Btf:
+        try:
+            return cls(path.read_bytes())
+        except OSError as unreadable:
+            raise BtfError(f"cannot read kernel BTF {path}: {os.strerror(unreadable.errno or 0)} "
+                           "(the kernel needs CONFIG_DEBUG_INFO_BTF)") from None
+
+    def _string(self, offset: int) -> str:
+        end = self._strings.index(b"\0", offset)
+        return self._strings[offset:end].decode()
+
+    def type(self, type_id: int) -> BtfType:
+        if not 0 < type_id < len(self._positions):
+            raise BtfError(f"no BTF type {type_id}")
+        position = self._positions[type_id]
+        name_off, info, size_or_type = _TYPE.unpack_from(self._types, position)
+        return BtfType(kind=(info >> 24) & 0x1F, name=self._string(name_off), size_or_type=size_or_type,
+                       vlen=info & 0xFFFF, kind_flag=bool(info >> 31), position=position + _TYPE.size)
+
+    def find(self, name: str, kind: int) -> int:
+        """The id of the struct, union or typedef called `name`."""
+        try:
+            return self._by_name[(name, kind)]
+        except KeyError:
+            raise BtfError(f"kernel BTF has no {_KIND_NAMES.get(kind, kind)} {name}") from None
+
+    def resolve(self, type_id: int) -> int:
+        """`type_id` with typedefs and qualifiers stripped."""
+        while type_id and self.type(type_id).kind in _QUALIFIERS:
+            type_id = self.type(type_id).size_or_type
+        return type_id
+
+    def size(self, type_id: int) -> int:
+        resolved = self.type(self.resolve(type_id))
+        if resolved.kind == KIND_ARRAY:
+            element, count = self.array(self.resolve(type_id))
+            return self.size(element) * count
+        if resolved.kind == KIND_PTR:
+            return 8
+        return resolved.size_or_type
+
+    def array(self, type_id: int) -> tuple[int, int]:
+        """(element type id, element count) of an array type."""
+        array = self.type(type_id)
+        if array.kind != KIND_ARRAY:
+            raise BtfError(f"BTF type {array.name or type_id} is not an array")
+        element, _index, count = _ARRAY.unpack_from(self._types, array.position)
+        return element, count
+
+    def member(self, struct_id: int, name: str) -> tuple[int, int]:
+        """(byte offset, type id) of member `name`, also inside anonymous struct and union members."""
+        found = self._find_member(self.resolve(struct_id), name)
+        if found is None:
+            raise BtfError(f"kernel BTF: {self.type(self.resolve(struct_id)).name or 'struct'} has no member {name}")
+        return found
+
+    def _find_member(self, struct_id: int, name: str) -> tuple[int, int] | None:
+        container = self.type(struct_id)
+        if container.kind not in (KIND_STRUCT, KIND_UNION):
+            raise BtfError(f"BTF type {container.name or struct_id} is not a struct or union")
+        for index in range(container.vlen):
+            name_off, member_type, offset = _MEMBER.unpack_from(self._types, container.position + 12 * index)
+            bit_offset = offset & 0xFFFFFF if container.kind_flag else offset
+            if name_off and self._string(name_off) == name:
+                if bit_offset % 8:
+                    raise BtfError(f"member {name} is a bitfield")
+                return bit_offset // 8, member_type
+            if not name_off and self.type(self.resolve(member_type)).kind in (KIND_STRUCT, KIND_UNION):
+                inner = self._find_member(self.resolve(member_type), name)
+                if inner is not None:
+                    return bit_offset // 8 + inner[0], inner[1]
+        return None
+
+    def parameter_count(self, typedef_name: str) -> int:
+        """Parameters of the function-pointer typedef `typedef_name` (e.g. a btf_trace_<event>)."""
+        pointer = self.type(self.resolve(self.find(typedef_name, KIND_TYPEDEF)))
+        if pointer.kind != KIND_PTR:
+            raise BtfError(f"{typedef_name} is not a function pointer")
+        proto = self.type(self.resolve(pointer.size_or_type))
+        if proto.kind != KIND_FUNC_PROTO:
+            raise BtfError(f"{typedef_name} is not a function pointer")
+        return proto.vlen
+
+
+_KIND_NAMES = {KIND_STRUCT: "struct", KIND_UNION: "union", KIND_TYPEDEF: "typedef"}
+
+
+@dataclass(frozen=True)
+class RssCounterLayout:
+    """Where the raw kmem:rss_stat program finds an mm's counters and users.
+
+    `counter_in_args`: the tracepoint passes the counter's new value (kernels before 6.2, whose mm
+    counters are atomics); otherwise the program reads the percpu counter's global value from the mm.
+    """
+
+    counter_in_args: bool
+    mm_users: int
+    mm_counters: int = 0
+    counter_stride: int = 0
+    counter_value: int = 0
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    """The offsets hostwarden's programs read on the running kernel; `rss` is None (and
+    `rss_unavailable` says why) where the raw rss_stat program cannot run."""
+
+    task_mm: int
+    task_exit_code: int
+    rss: RssCounterLayout | None
+    rss_unavailable: str = ""
+
+    def cflags(self, page_size: int) -> list[str]:
+        flags = ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={self.task_mm}",
+                 f"-DTASK_EXIT_CODE_OFFSET={self.task_exit_code}"]
+        if self.rss is None:
+            return flags
+        flags += ["-DRSS_STAT_RAW", f"-DRSS_MM_USERS_OFFSET={self.rss.mm_users}",
+                  f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
+        if self.rss.counter_in_args:
+            return [*flags, "-DRSS_COUNTER_IN_ARGS"]
+        return [*flags, f"-DRSS_MM_COUNTERS_OFFSET={self.rss.mm_counters}",
+                f"-DRSS_COUNTER_STRIDE={self.rss.counter_stride}",
+                f"-DRSS_COUNTER_VALUE_OFFSET={self.rss.counter_value}"]
+
+
+def _member_of_size(btf: Btf, struct_id: int, name: str, size: int) -> int:
+    offset, member_type = btf.member(struct_id, name)
+    if btf.size(member_type) != size:
+        raise BtfError(f"{btf.type(struct_id).name}.{name} is {btf.size(member_type)} bytes, not {size}")
+    return offset
+
+
+def kernel_layout(btf: Btf) -> KernelLayout:
+    """The layout on the kernel `btf` describes; BtfError says what is missing from task_struct."""
+    task = btf.find("task_struct", KIND_STRUCT)
+    task_mm = _member_of_size(btf, task, "mm", 8)
+    task_exit_code = _member_of_size(btf, task, "exit_code", 4)
+    try:
+        rss = rss_counter_layout(btf)
+    except BtfError as missing:
+        return KernelLayout(task_mm, task_exit_code, None, str(missing))
+    return KernelLayout(task_mm, task_exit_code, rss)
+
+
+def rss_counter_layout(btf: Btf) -> RssCounterLayout:
+    mm_struct = btf.find("mm_struct", KIND_STRUCT)
+    mm_users = _member_of_size(btf, mm_struct, "mm_users", 4)
+    # The tracepoint's arguments, with the context pointer first: (ctx, mm, member) or (ctx, mm, member, count).
+    parameters = btf.parameter_count("btf_trace_rss_stat")
+    if parameters == 4:
+        return RssCounterLayout(counter_in_args=True, mm_users=mm_users)
+    if parameters != 3:
+        raise BtfError(f"kmem:rss_stat has {parameters - 1} arguments; the raw program knows (mm, member) "
+                       "and (mm, member, count)")
+    mm_counters, counters_type = btf.member(mm_struct, "rss_stat")
+    counters = btf.resolve(counters_type)
+    if btf.type(counters).kind != KIND_ARRAY:
+        raise BtfError("mm_struct.rss_stat is not an array of counters")
+    counter, _ = btf.array(counters)
+    counter_struct = btf.type(btf.resolve(counter))
+    if counter_struct.name != "percpu_counter":
+        raise BtfError(f"mm_struct.rss_stat holds struct {counter_struct.name}; the raw program reads "
+                       "struct percpu_counter")
+    counter_value = _member_of_size(btf, btf.resolve(counter), "count", 8)
+    return RssCounterLayout(counter_in_args=False, mm_users=mm_users, mm_counters=mm_counters,
+                            counter_stride=btf.size(counter), counter_value=counter_value)
