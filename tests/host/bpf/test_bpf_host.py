@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hostwarden.bpf import BpfMonitor, EventKind, ProcessEvent, SpikeEvent
 from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, ProgramSpec, Tracepoint, packaged_unit
 from tests.host.bpf.bpf_helpers import SHELL, EventLog, join_cgroup
@@ -24,6 +26,8 @@ def test_tracepoint_programs_load_here(monitor):
         assert statuses[name].loaded, statuses[name]
     # No BPF LSM on this host: reported with the reason, not pretended.
     assert statuses["exec_digest"].loaded is False and statuses["exec_digest"].detail
+    # The kernel has BTF: rss_stat reads the mm itself from a raw tracepoint.
+    assert statuses["rss_stat"].detail == "attached to raw tracepoint rss_stat (kernel layout from BTF)"
 
 
 def test_process_tree_yields_exact_lifecycle_events(monitor, event_log, cgroups):
@@ -198,14 +202,19 @@ def test_spike_above_threshold_yields_one_event_naming_the_process(monitor, even
 HOLD = "import sys; b = bytearray(int(sys.argv[1])); b[::4096] = b'x' * len(b[::4096]); sys.stdin.read()"
 
 
-def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups):
+@pytest.mark.parametrize("raw_tracepoints", [True, False], ids=["raw", "tracepoint"])
+def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups, raw_tracepoints):
     # Two slots for the mms of the watched processes: most go to the overflow LRU, and the sum must still
-    # add up and fall back to about zero when they exit (a lost entry would leave its bytes counted).
+    # add up and fall back to about zero when they exit (a lost entry would leave its bytes counted). Both
+    # programs: the raw tracepoint's (this kernel has BTF) and the tracepoint's (kernels without).
     small_slots = "#define MM_SLOTS 2\n" + packaged_unit("memory")
     small = BpfMonitor(EventLog(), programs=[p for p in DEFAULT_PROGRAMS if p.unit == "memory"],
-                       extra_units={"memory": small_slots})
+                       extra_units={"memory": small_slots}, raw_tracepoints=raw_tracepoints)
     try:
-        assert all(status.loaded for status in small.start().values())
+        statuses = small.start()
+        assert all(status.loaded for status in statuses.values())
+        detail = statuses["rss_stat"].detail
+        assert detail.startswith("attached to raw tracepoint" if raw_tracepoints else "attached to tracepoint"), detail
         path, cgroup_id = cgroups.make("mm-overflow")
         small.watch(cgroup_id)
         size, count = 32 << 20, 4
@@ -232,8 +241,6 @@ def test_program_stats_count_runs_and_time(monitor):
 
 def test_bad_watch_input_is_refused(monitor):
     bpf_monitor, _ = monitor
-    import pytest
-
     with pytest.raises(ValueError, match="cgroup id must be a positive integer"):
         bpf_monitor.watch(0)
     with pytest.raises(ValueError, match="spike threshold must be a positive number"):

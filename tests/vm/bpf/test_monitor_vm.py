@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hostwarden.app import Daemon
+from hostwarden.bpf.btf import Btf, kernel_layout
 from hostwarden.capabilities import find_cgroup2_mount
 from hostwarden.config import Config, DaemonConfig, MetricsConfig
 from hostwarden.events import Event, Subscription
@@ -82,9 +83,19 @@ def drain(subscription: Subscription, settle_s: float = 1.0) -> list[Event]:
     return events
 
 
+def test_the_guest_kernels_layout_comes_from_its_btf() -> None:
+    layout = kernel_layout(Btf.load())
+    assert layout.task_mm > 0 and layout.task_exit_code > 0
+    assert layout.rss is not None, layout.rss_unavailable
+    # Before 6.2 the mm counters are atomics and kmem:rss_stat passes the new value; from 6.2 percpu counters.
+    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    assert layout.rss.counter_in_args == (release < (6, 2))
+
+
 def test_a_300_mib_allocation_over_a_100_mib_threshold_is_one_spike_naming_the_process(vm_daemon: VmDaemon) -> None:
     monitor = vm_daemon.monitor
     assert monitor.statuses["rss_stat"].loaded, monitor.statuses["rss_stat"].detail
+    assert "attached to raw tracepoint rss_stat" in monitor.statuses["rss_stat"].detail
     spikes = vm_daemon.daemon.bus.subscribe(kinds=["memory_spike"])
     # The call's own threshold (a fraction of memory.high) lies above 300 MiB here; the test sets 100 MiB
     # the way the policy would, before the process allocates.
