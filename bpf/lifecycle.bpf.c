@@ -173,8 +173,10 @@ static __always_inline s64 exit_wait_status(void)
 }
 
 /*
- * Runs for every process on the host: the tracked-process lookup is the filter, and it also
- * removes the entry of a process whose cgroup stopped being watched while it ran.
+ * Runs for every process on the host: the tracked-process lookup is the filter (while exit events are
+ * wanted, a process not tracked - in its cgroup before the watch, never exec'd since - is checked against
+ * the watched cgroups too), and it also removes the entry of a process whose cgroup stopped being watched
+ * while it ran.
  */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
@@ -183,10 +185,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if ((u32)pid_tgid != tgid)
         return 0; /* a thread other than the leader: the process lives on */
     struct process_info *known = find_process(tgid);
-    if (!known)
-        return 0;
-    u32 ppid = known->ppid;
-    forget_process(tgid);
+    u32 ppid = 0;
+    if (known) {
+        ppid = known->ppid;
+        forget_process(tgid);
+    }
     if (!event_is_wanted(EVENT_EXIT))
         return 0;
     u64 cgroup_id = bpf_get_current_cgroup_id();

@@ -102,6 +102,20 @@ def test_killed_process_reports_the_signal(monitor, event_log, cgroups):
     assert [(event.pid, event.exit_code, event.signal) for event in exits] == [(sleeper.pid, None, 9)]
 
 
+def test_process_in_its_cgroup_before_the_watch_reports_its_exit(monitor, event_log, cgroups):
+    # Neither its fork nor an exec was seen: no parent known, but the exit and its status still are.
+    bpf_monitor, _ = monitor
+    path, cgroup_id = cgroups.make("before-watch")
+    waiter = subprocess.Popen([SHELL, "-c", "read line; exit 7"], stdin=subprocess.PIPE, preexec_fn=join_cgroup(path))
+    while str(waiter.pid) not in (path / "cgroup.procs").read_text().split():
+        time.sleep(0.01)
+    bpf_monitor.watch(cgroup_id)
+    waiter.communicate(b"go\n", timeout=10)
+    events = event_log.wait_for(lambda seen: any(e.kind == "exit" for e in lifecycle(seen)), cgroup_id)
+    exits = [(e.pid, e.ppid, e.exit_code, e.signal) for e in lifecycle(events) if e.kind == "exit"]
+    assert exits == [(waiter.pid, 0, 7, None)]
+
+
 def test_busy_process_in_an_unwatched_cgroup_yields_nothing(monitor, event_log, cgroups):
     bpf_monitor, _ = monitor
     unwatched_path, unwatched_id = cgroups.make("unwatched")
