@@ -65,6 +65,8 @@ class Btf:
         magic, _version, _flags, header_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(blob)
         if magic != _MAGIC:
             raise BtfError(f"not BTF data (magic {magic:#x}; a big-endian blob is not supported)")
+        if header_len < _HEADER.size:
+            raise BtfError(f"BTF header length {header_len} is shorter than the header ({_HEADER.size} bytes)")
         self._types = blob[header_len + type_off:header_len + type_off + type_len]
         self._strings = blob[header_len + str_off:header_len + str_off + str_len]
         if len(self._types) != type_len or len(self._strings) != str_len:
@@ -73,12 +75,16 @@ class Btf:
         self._by_name: dict[tuple[str, int], int] = {}
         position = 0
         while position < type_len:
+            if position + _TYPE.size > type_len:
+                raise BtfError(f"BTF type section ends inside a type record (at byte {position})")
             self._positions.append(position)
             name_off, info, _ = _TYPE.unpack_from(self._types, position)
             kind = (info >> 24) & 0x1F
             if name_off and kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF):
                 self._by_name.setdefault((self._string(name_off), kind), len(self._positions) - 1)
             position += _TYPE.size + _extra_bytes(kind, info & 0xFFFF)
+        if position != type_len:
+            raise BtfError("BTF type section ends inside a type record's members")
 
     @classmethod
     def load(cls, path: Path = VMLINUX_BTF) -> Btf:
@@ -89,8 +95,13 @@ class Btf:
                            "(the kernel needs CONFIG_DEBUG_INFO_BTF)") from None
 
     def _string(self, offset: int) -> str:
-        end = self._strings.index(b"\0", offset)
-        return self._strings[offset:end].decode()
+        end = self._strings.find(b"\0", offset)
+        if end < 0:
+            raise BtfError(f"BTF name offset {offset} is outside the string section")
+        try:
+            return self._strings[offset:end].decode()
+        except UnicodeDecodeError:
+            raise BtfError(f"BTF name at offset {offset} is not UTF-8") from None
 
     def type(self, type_id: int) -> BtfType:
         if not 0 < type_id < len(self._positions):
@@ -145,7 +156,7 @@ class Btf:
             name_off, member_type, offset = _MEMBER.unpack_from(self._types, container.position + 12 * index)
             bit_offset = offset & 0xFFFFFF if container.kind_flag else offset
             if name_off and self._string(name_off) == name:
-                if bit_offset % 8:
+                if bit_offset % 8 or (container.kind_flag and offset >> 24) or self._is_int_bitfield(member_type):
                     raise BtfError(f"member {name} is a bitfield")
                 return bit_offset // 8, member_type
             if not name_off and self.type(self.resolve(member_type)).kind in (KIND_STRUCT, KIND_UNION):
@@ -153,6 +164,14 @@ class Btf:
                 if inner is not None:
                     return bit_offset // 8 + inner[0], inner[1]
         return None
+
+    def _is_int_bitfield(self, type_id: int) -> bool:
+        """An INT narrower than its size: how a bitfield of a struct without kind_flag is typed."""
+        resolved = self.type(self.resolve(type_id))
+        if resolved.kind != KIND_INT:
+            return False
+        (encoding,) = struct.unpack_from("<I", self._types, resolved.position)
+        return (encoding & 0xFF) != resolved.size_or_type * 8 or (encoding >> 16) & 0xFF != 0
 
     def parameter_count(self, typedef_name: str) -> int:
         """Parameters of the function-pointer typedef `typedef_name` (e.g. a btf_trace_<event>)."""
