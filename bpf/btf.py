@@ -189,17 +189,9 @@ _KIND_NAMES = {KIND_STRUCT: "struct", KIND_UNION: "union", KIND_TYPEDEF: "typede
 
 @dataclass(frozen=True)
 class RssCounterLayout:
-    """Where the raw kmem:rss_stat program finds an mm's counters and users.
+    """What the raw kmem:rss_stat program reads beside the tracepoint's (mm, member, count) arguments."""
 
-    `counter_in_args`: the tracepoint passes the counter's new value (kernels before 6.2, whose mm
-    counters are atomics); otherwise the program reads the percpu counter's global value from the mm.
-    """
-
-    counter_in_args: bool
     mm_users: int
-    mm_counters: int = 0
-    counter_stride: int = 0
-    counter_value: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,13 +209,8 @@ class KernelLayout:
                  f"-DTASK_EXIT_CODE_OFFSET={self.task_exit_code}"]
         if self.rss is None:
             return flags
-        flags += ["-DRSS_STAT_RAW", f"-DRSS_MM_USERS_OFFSET={self.rss.mm_users}",
-                  f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
-        if self.rss.counter_in_args:
-            return [*flags, "-DRSS_COUNTER_IN_ARGS"]
-        return [*flags, f"-DRSS_MM_COUNTERS_OFFSET={self.rss.mm_counters}",
-                f"-DRSS_COUNTER_STRIDE={self.rss.counter_stride}",
-                f"-DRSS_COUNTER_VALUE_OFFSET={self.rss.counter_value}"]
+        return [*flags, "-DRSS_STAT_RAW", f"-DRSS_MM_USERS_OFFSET={self.rss.mm_users}",
+                f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
 
 
 def _member_of_size(btf: Btf, struct_id: int, name: str, size: int) -> int:
@@ -246,24 +233,16 @@ def kernel_layout(btf: Btf) -> KernelLayout:
 
 
 def rss_counter_layout(btf: Btf) -> RssCounterLayout:
-    mm_struct = btf.find("mm_struct", KIND_STRUCT)
-    mm_users = _member_of_size(btf, mm_struct, "mm_users", 4)
-    # The tracepoint's arguments, with the context pointer first: (ctx, mm, member) or (ctx, mm, member, count).
+    """Where the kernel passes the counter's new value to kmem:rss_stat (before 6.2, when mm counters were
+    atomics), the raw program needs only mm_users. From 6.2 the tracepoint passes (mm, member) and the
+    counters are percpu counters: their global part lags the exact sum by up to the counter's batch per CPU,
+    so a program reading it would miss a threshold crossed by less than that (seen: the spike benchmark's
+    allocator, which stops at the threshold, was never reported), and the exact sum needs the per-CPU
+    offsets, which this kernel's kallsyms does not list. The tracepoint's record carries the exact sum."""
+    mm_users = _member_of_size(btf, btf.find("mm_struct", KIND_STRUCT), "mm_users", 4)
+    # The tracepoint's arguments, with the context pointer first.
     parameters = btf.parameter_count("btf_trace_rss_stat")
-    if parameters == 4:
-        return RssCounterLayout(counter_in_args=True, mm_users=mm_users)
-    if parameters != 3:
-        raise BtfError(f"kmem:rss_stat has {parameters - 1} arguments; the raw program knows (mm, member) "
-                       "and (mm, member, count)")
-    mm_counters, counters_type = btf.member(mm_struct, "rss_stat")
-    counters = btf.resolve(counters_type)
-    if btf.type(counters).kind != KIND_ARRAY:
-        raise BtfError("mm_struct.rss_stat is not an array of counters")
-    counter, _ = btf.array(counters)
-    counter_struct = btf.type(btf.resolve(counter))
-    if counter_struct.name != "percpu_counter":
-        raise BtfError(f"mm_struct.rss_stat holds struct {counter_struct.name}; the raw program reads "
-                       "struct percpu_counter")
-    counter_value = _member_of_size(btf, btf.resolve(counter), "count", 8)
-    return RssCounterLayout(counter_in_args=False, mm_users=mm_users, mm_counters=mm_counters,
-                            counter_stride=btf.size(counter), counter_value=counter_value)
+    if parameters != 4:
+        raise BtfError(f"kmem:rss_stat passes {parameters - 1} arguments, no counter value (kernel 6.2 or later): "
+                       "the tracepoint's record has the exact sum")
+    return RssCounterLayout(mm_users=mm_users)

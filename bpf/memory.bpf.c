@@ -5,13 +5,11 @@
  * An mm is charged to the cgroup its owner ran in when it was first seen.
  *
  * Two ways in, chosen by the loader (monitor.py):
- * - RSS_STAT_RAW: a raw tracepoint. The kernel hands over (mm, member[, count]) without filling a trace
- *   record; filling it costs more than the program (rss_stat's record sums the percpu counter over all
- *   CPUs under a spinlock: about 120 ns per hit here against 40 for a raw attach, ~80 hits per short
- *   process). The program reads the mm itself, at offsets from the running kernel's BTF (btf.py): the
- *   counter's global value (percpu_counter.count, which lags the exact sum by less than the counter's
- *   batch per CPU) on kernels from 6.2, the value passed as `count` before. The mm is the key.
- * - otherwise the tracepoint, where BTF lacks something the raw program needs; the key is its mm_id.
+ * - RSS_STAT_RAW: a raw tracepoint, where the kernel passes (mm, member, count) (before 6.2) and BTF gives
+ *   mm_users' offset: no trace record is filled (on a page-fault loop here an empty program cost about 40 ns
+ *   per hit raw, 120-150 on the tracepoint). The mm's address is the key.
+ * - otherwise the tracepoint (6.2 and later: its record has the exact sum of the percpu counter, which the
+ *   raw arguments do not; btf.py says why); the key is its mm_id.
  */
 
 /* The kernel's MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES (rss_stat's `member`), under names of our own:
@@ -162,7 +160,7 @@ static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 siz
 {
     s64 *counter = member == RSS_MEMBER_FILE ? &mm->file : member == RSS_MEMBER_ANON ? &mm->anon : &mm->shmem;
     if (*counter == size)
-        return 0;  /* the usual case where the value is a percpu counter's global part: no atomic exchange */
+        return 0;  /* nothing changed (a swap-in, a counter moved back): no atomic exchange */
     s64 delta = size - __sync_lock_test_and_set(counter, size);
     if (delta != 0)
         add_to_owner(mm, delta, config, cgroup_id);
@@ -190,7 +188,7 @@ static __always_inline int mm_is_current(u64 mm)
 }
 
 /* An mm whose users are gone is being torn down (exit, or the old mm of an exec): its pages are on their way
- * out. Its whole count leaves the owner at once, since the global value of a percpu counter need not reach 0. */
+ * out, and its whole count leaves the owner at once (its later runs find no entry). */
 static __always_inline int mm_is_torn_down(u64 mm)
 {
     u32 users = 1;
@@ -198,14 +196,9 @@ static __always_inline int mm_is_torn_down(u64 mm)
     return users == 0;
 }
 
-static __always_inline s64 counter_bytes(struct bpf_raw_tracepoint_args *ctx, u64 mm, int member)
+static __always_inline s64 counter_bytes(struct bpf_raw_tracepoint_args *ctx)
 {
-#ifdef RSS_COUNTER_IN_ARGS
     s64 pages = (s64)ctx->args[2];
-#else
-    s64 pages = (s64)read_kernel_u64(mm + RSS_MM_COUNTERS_OFFSET + member * RSS_COUNTER_STRIDE +
-                                     RSS_COUNTER_VALUE_OFFSET);
-#endif
     return pages < 0 ? 0 : pages << RSS_PAGE_SHIFT;
 }
 
@@ -226,11 +219,11 @@ RAW_TRACEPOINT_PROBE(rss_stat)
             add_to_owner(mm, -(mm->file + mm->anon + mm->shmem), 0, 0);
             forget_mm(mm, key);
         } else {
-            update_counter(mm, member, counter_bytes(ctx, key, member), 0, 0);
+            update_counter(mm, member, counter_bytes(ctx), 0, 0);
         }
         return 0;
     }
-    s64 size = counter_bytes(ctx, key, member);
+    s64 size = counter_bytes(ctx);
     if (size == 0 || !mm_is_current(key))
         return 0;
     u64 cgroup_id = bpf_get_current_cgroup_id();

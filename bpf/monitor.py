@@ -288,8 +288,7 @@ class BpfMonitor:
         if not self._raw_tracepoints:
             self._layout = dataclasses.replace(self._layout, rss=None, rss_unavailable="raw tracepoints turned off")
         elif self._layout.rss is None:
-            log.warning("rss_stat attaches to its tracepoint (about 80 ns more per RSS change): %s",
-                        self._layout.rss_unavailable)
+            log.info("rss_stat attaches to its tracepoint: %s", self._layout.rss_unavailable)
 
     def _raw_tracepoint_refusal(self) -> str | None:
         """Why raw-tracepoint programs attach to their regular tracepoints; None where they need not."""

@@ -252,8 +252,7 @@ def test_parameter_count_of_a_trace_typedef(sample: Sample):
 TASK_MM, TASK_EXIT_CODE, MM_USERS, MM_RSS_STAT, ANON_AT = 1136, 1164, 68, 896, 64
 
 
-def synthetic_kernel(*, trace_params: int | None = 3, counter: str = "percpu_counter",
-                     exit_code: bool = True) -> bytes:
+def synthetic_kernel(*, trace_params: int | None = 3, exit_code: bool = True) -> bytes:
     """A vmlinux BTF shaped like Linux >= 6.2 (mm counters are percpu_counters, rss_stat has (mm, member));
     trace_params=4 makes it 6.1-like, None leaves out btf_trace_rss_stat."""
     e = BtfEncoder()
@@ -264,12 +263,9 @@ def synthetic_kernel(*, trace_params: int | None = 3, counter: str = "percpu_cou
     raw_spinlock = e.struct("raw_spinlock", 4, [("raw_lock", u32, 0)])
     raw_spinlock_t = e.typedef("raw_spinlock_t", raw_spinlock)
     s32_ptr = e.ptr(int_t)
-    if counter == "percpu_counter":
-        counter_struct = e.struct("percpu_counter", 40, [
-            ("lock", raw_spinlock_t, 0), ("count", s64, 64), ("list", e.array(s32_ptr, 2, int_t), 128),
-            ("counters", s32_ptr, 256)])
-    else:
-        counter_struct = e.struct(counter, 48, [("count", s64, 0), ("level", s32_ptr, 64)])
+    counter_struct = e.struct("percpu_counter", 40, [
+        ("lock", raw_spinlock_t, 0), ("count", s64, 64), ("list", e.array(s32_ptr, 2, int_t), 128),
+        ("counters", s32_ptr, 256)])
     counter_array = e.array(counter_struct, 4, int_t)
     atomic_body = e.struct("", 4, [("counter", int_t, 0)])
     atomic_t = e.typedef("atomic_t", atomic_body)
@@ -290,39 +286,23 @@ def synthetic_kernel(*, trace_params: int | None = 3, counter: str = "percpu_cou
     return e.blob()
 
 
-def test_layout_of_a_linux_6_2_kernel():
+def test_layout_of_a_linux_6_2_kernel_has_no_raw_rss_stat():
+    # The tracepoint passes (mm, member): no counter value; its record has the exact percpu sum instead.
     layout = kernel_layout(Btf(synthetic_kernel()))
-    assert layout == KernelLayout(
-        task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE,
-        rss=RssCounterLayout(counter_in_args=False, mm_users=MM_USERS, mm_counters=MM_RSS_STAT,
-                             counter_stride=40, counter_value=8))
-    assert layout.rss_unavailable == ""
+    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE, rss=None,
+                                  rss_unavailable=layout.rss_unavailable)
+    assert "kmem:rss_stat passes 2 arguments, no counter value (kernel 6.2 or later)" in layout.rss_unavailable
     flags = layout.cflags(4096)
-    assert flags == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}", f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}",
-                     "-DRSS_STAT_RAW", f"-DRSS_MM_USERS_OFFSET={MM_USERS}", "-DRSS_PAGE_SHIFT=12",
-                     f"-DRSS_MM_COUNTERS_OFFSET={MM_RSS_STAT}", "-DRSS_COUNTER_STRIDE=40",
-                     "-DRSS_COUNTER_VALUE_OFFSET=8"]
-    assert "-DRSS_COUNTER_IN_ARGS" not in flags
-    assert "-DRSS_PAGE_SHIFT=16" in layout.cflags(65536)
+    assert flags == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}", f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}"]
 
 
 def test_layout_of_a_linux_6_1_kernel_takes_the_counter_from_the_arguments():
     layout = kernel_layout(Btf(synthetic_kernel(trace_params=4)))
-    assert layout.rss == RssCounterLayout(counter_in_args=True, mm_users=MM_USERS)
-    flags = layout.cflags(4096)
-    assert "-DRSS_COUNTER_IN_ARGS" in flags
-    assert {"-DRSS_STAT_RAW", f"-DRSS_MM_USERS_OFFSET={MM_USERS}", "-DRSS_PAGE_SHIFT=12"} <= set(flags)
-    assert not any(flag.startswith(("-DRSS_MM_COUNTERS_OFFSET", "-DRSS_COUNTER_STRIDE")) for flag in flags)
-
-
-def test_rss_counters_of_another_struct_leave_only_the_task_offsets():
-    layout = kernel_layout(Btf(synthetic_kernel(counter="percpu_counter_tree")))
-    assert layout.rss is None
-    assert "percpu_counter_tree" in layout.rss_unavailable
-    assert (layout.task_mm, layout.task_exit_code) == (TASK_MM, TASK_EXIT_CODE)
-    flags = layout.cflags(4096)
-    assert flags == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}", f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}"]
-    assert "-DRSS_STAT_RAW" not in flags
+    assert layout.rss == RssCounterLayout(mm_users=MM_USERS)
+    assert layout.cflags(4096) == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}",
+                                   f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}", "-DRSS_STAT_RAW",
+                                   f"-DRSS_MM_USERS_OFFSET={MM_USERS}", "-DRSS_PAGE_SHIFT=12"]
+    assert "-DRSS_PAGE_SHIFT=16" in layout.cflags(65536)
 
 
 def test_missing_rss_stat_tracepoint_leaves_rss_out_with_a_reason():
@@ -335,7 +315,7 @@ def test_missing_rss_stat_tracepoint_leaves_rss_out_with_a_reason():
 def test_unknown_rss_stat_arguments_leave_rss_out_with_a_reason():
     layout = kernel_layout(Btf(synthetic_kernel(trace_params=2)))
     assert layout.rss is None
-    assert "kmem:rss_stat has 1 arguments" in layout.rss_unavailable
+    assert "kmem:rss_stat passes 1 arguments" in layout.rss_unavailable
 
 
 def test_task_struct_without_exit_code_is_an_error():
