@@ -188,29 +188,21 @@ _KIND_NAMES = {KIND_STRUCT: "struct", KIND_UNION: "union", KIND_TYPEDEF: "typede
 
 
 @dataclass(frozen=True)
-class RssCounterLayout:
-    """What the raw kmem:rss_stat program reads beside the tracepoint's (mm, member, count) arguments."""
-
-    mm_users: int
-
-
-@dataclass(frozen=True)
 class KernelLayout:
-    """The offsets hostwarden's programs read on the running kernel; `rss` is None (and
-    `rss_unavailable` says why) where the raw rss_stat program cannot run."""
+    """The offsets hostwarden's programs read on the running kernel, and whether the raw rss_stat program
+    can run (`rss_unavailable` says why not)."""
 
     task_mm: int
     task_exit_code: int
-    rss: RssCounterLayout | None
+    raw_rss_stat: bool
     rss_unavailable: str = ""
 
     def cflags(self, page_size: int) -> list[str]:
         flags = ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={self.task_mm}",
                  f"-DTASK_EXIT_CODE_OFFSET={self.task_exit_code}"]
-        if self.rss is None:
+        if not self.raw_rss_stat:
             return flags
-        return [*flags, "-DRSS_STAT_RAW", f"-DRSS_MM_USERS_OFFSET={self.rss.mm_users}",
-                f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
+        return [*flags, "-DRSS_STAT_RAW", f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
 
 
 def _member_of_size(btf: Btf, struct_id: int, name: str, size: int) -> int:
@@ -226,23 +218,21 @@ def kernel_layout(btf: Btf) -> KernelLayout:
     task_mm = _member_of_size(btf, task, "mm", 8)
     task_exit_code = _member_of_size(btf, task, "exit_code", 4)
     try:
-        rss = rss_counter_layout(btf)
+        check_rss_stat_arguments(btf)
     except BtfError as missing:
-        return KernelLayout(task_mm, task_exit_code, None, str(missing))
-    return KernelLayout(task_mm, task_exit_code, rss)
+        return KernelLayout(task_mm, task_exit_code, False, str(missing))
+    return KernelLayout(task_mm, task_exit_code, True)
 
 
-def rss_counter_layout(btf: Btf) -> RssCounterLayout:
-    """Where the kernel passes the counter's new value to kmem:rss_stat (before 6.2, when mm counters were
-    atomics), the raw program needs only mm_users. From 6.2 the tracepoint passes (mm, member) and the
+def check_rss_stat_arguments(btf: Btf) -> None:
+    """The raw program needs kmem:rss_stat to pass the counter's new value, as it does before 6.2 (when mm
+    counters were atomics); BtfError otherwise. From 6.2 the tracepoint passes (mm, member) and the
     counters are percpu counters: their global part lags the exact sum by up to the counter's batch per CPU,
     so a program reading it would miss a threshold crossed by less than that (seen: the spike benchmark's
     allocator, which stops at the threshold, was never reported), and the exact sum needs the per-CPU
     offsets, which this kernel's kallsyms does not list. The tracepoint's record carries the exact sum."""
-    mm_users = _member_of_size(btf, btf.find("mm_struct", KIND_STRUCT), "mm_users", 4)
     # The tracepoint's arguments, with the context pointer first.
     parameters = btf.parameter_count("btf_trace_rss_stat")
     if parameters != 4:
         raise BtfError(f"kmem:rss_stat passes {parameters - 1} arguments, no counter value (kernel 6.2 or later): "
                        "the tracepoint's record has the exact sum")
-    return RssCounterLayout(mm_users=mm_users)

@@ -6,8 +6,8 @@
  *
  * Two ways in, chosen by the loader (monitor.py):
  * - RSS_STAT_RAW: a raw tracepoint, where the kernel passes (mm, member, count) (before 6.2) and BTF gives
- *   mm_users' offset: no trace record is filled (on a page-fault loop here an empty program cost about 40 ns
- *   per hit raw, 120-150 on the tracepoint). The mm's address is the key.
+ *   task_struct.mm's offset: no trace record is filled (on a page-fault loop here an empty program cost about
+ *   40 ns per hit raw, 120-150 on the tracepoint). The mm's address is the key.
  * - otherwise the tracepoint (6.2 and later: its record has the exact sum of the percpu counter, which the
  *   raw arguments do not; btf.py says why); the key is its mm_id.
  */
@@ -167,6 +167,15 @@ static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 siz
     return delta;
 }
 
+/* Records a counter's new value; an mm whose counters all reach 0 is gone (exit or exec teardown) and leaves its
+ * slot: both ways in see exact counters. */
+static __always_inline void count_change(struct mm_rss *mm, u64 key, int member, s64 size, struct watch_config *config,
+                                         u64 cgroup_id)
+{
+    if (update_counter(mm, member, size, config, cgroup_id) != 0 && mm->file == 0 && mm->anon == 0 && mm->shmem == 0)
+        forget_mm(mm, key);
+}
+
 static __always_inline int is_resident_member(int member)
 {
     /* Swap entries (MM_SWAPENTS) are not resident memory: dropped before any lookup. */
@@ -185,15 +194,6 @@ static __always_inline u64 read_kernel_u64(u64 address)
 static __always_inline int mm_is_current(u64 mm)
 {
     return read_kernel_u64(bpf_get_current_task() + TASK_MM_OFFSET) == mm;
-}
-
-/* An mm whose users are gone is being torn down (exit, or the old mm of an exec): its pages are on their way
- * out, and its whole count leaves the owner at once (its later runs find no entry). */
-static __always_inline int mm_is_torn_down(u64 mm)
-{
-    u32 users = 1;
-    bpf_probe_read_kernel(&users, sizeof(users), (void *)(mm + RSS_MM_USERS_OFFSET));
-    return users == 0;
 }
 
 static __always_inline s64 counter_bytes(struct bpf_raw_tracepoint_args *ctx)
@@ -215,12 +215,7 @@ RAW_TRACEPOINT_PROBE(rss_stat)
     u64 key = ctx->args[0];
     struct mm_rss *mm = find_mm(key);
     if (mm) {
-        if (mm_is_torn_down(key)) {
-            add_to_owner(mm, -(mm->file + mm->anon + mm->shmem), 0, 0);
-            forget_mm(mm, key);
-        } else {
-            update_counter(mm, member, counter_bytes(ctx), 0, 0);
-        }
+        count_change(mm, key, member, counter_bytes(ctx), 0, 0);
         return 0;
     }
     s64 size = counter_bytes(ctx);
@@ -232,7 +227,7 @@ RAW_TRACEPOINT_PROBE(rss_stat)
         return 0;
     mm = track_mm(key, cgroup_id);
     if (mm)
-        update_counter(mm, member, size, config, cgroup_id);
+        count_change(mm, key, member, size, config, cgroup_id);
     return 0;
 }
 
@@ -264,9 +259,7 @@ TRACEPOINT_PROBE(kmem, rss_stat)
                 return 0;
         }
     }
-    if (update_counter(mm, member, args->size, config, cgroup_id) != 0 &&
-        mm->file == 0 && mm->anon == 0 && mm->shmem == 0)
-        forget_mm(mm, key); /* the mm is gone (exit or exec teardown): its sums are exact here */
+    count_change(mm, key, member, args->size, config, cgroup_id);
     return 0;
 }
 

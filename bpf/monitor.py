@@ -286,15 +286,16 @@ class BpfMonitor:
             log.warning("no kernel layout from BTF (%s): exit statuses unknown, rss_stat on its tracepoint", missing)
             return
         if not self._raw_tracepoints:
-            self._layout = dataclasses.replace(self._layout, rss=None, rss_unavailable="raw tracepoints turned off")
-        elif self._layout.rss is None:
+            self._layout = dataclasses.replace(self._layout, raw_rss_stat=False,
+                                               rss_unavailable="raw tracepoints turned off")
+        elif not self._layout.raw_rss_stat:
             log.info("rss_stat attaches to its tracepoint: %s", self._layout.rss_unavailable)
 
     def _raw_tracepoint_refusal(self) -> str | None:
         """Why raw-tracepoint programs attach to their regular tracepoints; None where they need not."""
         if self._layout is None:
             return self._layout_missing
-        return self._layout.rss_unavailable if self._layout.rss is None else None
+        return None if self._layout.raw_rss_stat else self._layout.rss_unavailable
 
     def _cflags(self) -> list[str]:
         return [] if self._layout is None else self._layout.cflags(os.sysconf("SC_PAGE_SIZE"))

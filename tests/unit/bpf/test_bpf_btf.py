@@ -19,7 +19,6 @@ from hostwarden.bpf.btf import (
     Btf,
     BtfError,
     KernelLayout,
-    RssCounterLayout,
     kernel_layout,
 )
 
@@ -289,7 +288,7 @@ def synthetic_kernel(*, trace_params: int | None = 3, exit_code: bool = True) ->
 def test_layout_of_a_linux_6_2_kernel_has_no_raw_rss_stat():
     # The tracepoint passes (mm, member): no counter value; its record has the exact percpu sum instead.
     layout = kernel_layout(Btf(synthetic_kernel()))
-    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE, rss=None,
+    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE, raw_rss_stat=False,
                                   rss_unavailable=layout.rss_unavailable)
     assert "kmem:rss_stat passes 2 arguments, no counter value (kernel 6.2 or later)" in layout.rss_unavailable
     flags = layout.cflags(4096)
@@ -298,23 +297,23 @@ def test_layout_of_a_linux_6_2_kernel_has_no_raw_rss_stat():
 
 def test_layout_of_a_linux_6_1_kernel_takes_the_counter_from_the_arguments():
     layout = kernel_layout(Btf(synthetic_kernel(trace_params=4)))
-    assert layout.rss == RssCounterLayout(mm_users=MM_USERS)
+    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE, raw_rss_stat=True)
     assert layout.cflags(4096) == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}",
                                    f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}", "-DRSS_STAT_RAW",
-                                   f"-DRSS_MM_USERS_OFFSET={MM_USERS}", "-DRSS_PAGE_SHIFT=12"]
+                                   "-DRSS_PAGE_SHIFT=12"]
     assert "-DRSS_PAGE_SHIFT=16" in layout.cflags(65536)
 
 
 def test_missing_rss_stat_tracepoint_leaves_rss_out_with_a_reason():
     layout = kernel_layout(Btf(synthetic_kernel(trace_params=None)))
-    assert layout.rss is None
+    assert not layout.raw_rss_stat
     assert "btf_trace_rss_stat" in layout.rss_unavailable
     assert layout.task_exit_code == TASK_EXIT_CODE
 
 
 def test_unknown_rss_stat_arguments_leave_rss_out_with_a_reason():
     layout = kernel_layout(Btf(synthetic_kernel(trace_params=2)))
-    assert layout.rss is None
+    assert not layout.raw_rss_stat
     assert "kmem:rss_stat passes 1 arguments" in layout.rss_unavailable
 
 
