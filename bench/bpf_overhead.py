@@ -18,13 +18,14 @@ stdout: JSON."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from _bpf_bench import ScratchCgroup
@@ -126,29 +127,31 @@ def measure_off(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> LoadR
     return run_load(cgroup, count)
 
 
-def measure_on(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> tuple[LoadRun, list[str]]:
-    """One round with `monitor`'s programs loaded afresh; also the programs that did not load."""
+@contextlib.contextmanager
+def programs_loaded(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> Iterator[list[str]]:
+    """`monitor`'s programs loaded afresh and watching the cgroup, after the warm-up round of a `count` round;
+    yields the programs that did not load."""
     statuses = monitor.start()
     try:
         monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
         run_load(cgroup, count // WARM_UP_FRACTION)
-        run = run_load(cgroup, count)
+        yield sorted(name for name, status in statuses.items() if not status.loaded)
     finally:
         monitor.stop()
-    return run, sorted(name for name, status in statuses.items() if not status.loaded)
+
+
+def measure_on(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> tuple[LoadRun, list[str]]:
+    """One round with `monitor`'s programs loaded afresh; also the programs that did not load."""
+    with programs_loaded(cgroup, count, monitor) as not_loaded:
+        return run_load(cgroup, count), not_loaded
 
 
 def measure_costs(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> dict[str, list[int]]:
     """Each program's run time, runs and lost events over `count` load processes, run-time statistics on."""
-    monitor.start()
-    try:
-        monitor.watch(cgroup.id, spike_threshold_bytes=1 << 40)
-        run_load(cgroup, count // WARM_UP_FRACTION)
+    with programs_loaded(cgroup, count, monitor):
         before = monitor.program_stats()
         run_load(cgroup, count)
         after = monitor.program_stats()
-    finally:
-        monitor.stop()
     return {name: [stats.run_time_ns - before[name].run_time_ns, stats.run_count - before[name].run_count,
                    stats.events_lost] for name, stats in after.items()}
 
