@@ -151,6 +151,11 @@ def test_cgroup_kill_ends_a_fork_bomb_held_by_pids_max(tree):
     tree.kill(call)
     bomb.wait(timeout=30)
     assert tree.fs.wait_event(call, "populated", 0, timeout=10), "cgroup.kill left processes behind"
+    # populated drops at each task's cgroup_exit(); pids.current only when the task is released (reaped), a
+    # moment later: seen once at 1 right after populated 0.
+    deadline = time.monotonic() + 10
+    while read_usage(call).pids_current and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert read_usage(call).pids_current == 0
     tree.remove(call, timeout=10)
     assert not call.exists()
