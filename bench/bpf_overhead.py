@@ -103,16 +103,14 @@ def slowdown(off: Sequence[float], on: Sequence[float]) -> Slowdown:
 
 
 def empty_programs() -> tuple[list[ProgramSpec], dict[str, str]]:
-    """The tracepoint programs with empty bodies: what the kernel's tracepoint path costs before any program code.
-    A raw tracepoint's unit defines both of its functions; the monitor loads one."""
+    """The tracepoint programs with empty bodies: what the kernel's tracepoint path costs before any program code."""
     specs = [spec for spec in DEFAULT_PROGRAMS if isinstance(spec.attach, Tracepoint | RawTracepoint)]
     units: dict[str, str] = {}
     for spec in specs:
-        tracepoint = spec.attach if isinstance(spec.attach, Tracepoint) else spec.attach.tracepoint
-        assert isinstance(tracepoint, Tracepoint)
-        body = f"TRACEPOINT_PROBE({tracepoint.category}, {tracepoint.event}) {{ return 0; }}\n"
         if isinstance(spec.attach, RawTracepoint):
-            body += f"RAW_TRACEPOINT_PROBE({tracepoint.event}) {{ return 0; }}\n"
+            body = f"RAW_TRACEPOINT_PROBE({spec.attach.tracepoint.event}) {{ return 0; }}\n"
+        else:
+            body = f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event}) {{ return 0; }}\n"
         units[spec.unit] = units.get(spec.unit, "") + body
     return specs, units
 
@@ -167,8 +165,9 @@ def main() -> None:
                         help="an exec event for every exec (the daemon deduplicates them in the kernel)")
     parser.add_argument("--empty-programs", action="store_true",
                         help="attach empty programs to the same tracepoints: the cost of the tracepoints themselves")
-    parser.add_argument("--tracepoint-rss-stat", action="store_true",
-                        help="attach rss_stat to its regular tracepoint instead of the raw one (as before 2026-11-28)")
+    parser.add_argument("--every-change-rss", action="store_true",
+                        help="count RSS at every change on kmem:rss_stat instead of sampling it (as before "
+                        "2026-11-28 10:00 UTC)")
     parser.add_argument("--programs", help="comma-separated program names to load (default: all): which program "
                         "the slowdown is in")
     parser.add_argument("--run-time-stats", choices=RUN_TIME_STATS_MODES, default="sampled",
@@ -195,7 +194,7 @@ def main() -> None:
 
     def monitor(run_time_stats: str = args.run_time_stats) -> BpfMonitor:
         return BpfMonitor(lambda _event: None, programs=specs, extra_units=units, event_kinds=event_kinds,
-                          dedup_execs=dedup_execs, raw_tracepoints=not args.tracepoint_rss_stat,
+                          dedup_execs=dedup_execs, rss_sampling=not args.every_change_rss,
                           run_time_stats=run_time_stats)
 
     cgroup = ScratchCgroup("bpf-overhead")
@@ -235,7 +234,7 @@ def main() -> None:
           f"watched cgroup; events sent: {', '.join(sorted(kind.name.lower() for kind in event_kinds))}; "
           f"exec events {'deduplicated' if dedup_execs else 'for every exec'}"
           f"{'; EMPTY programs (tracepoint cost only)' if args.empty_programs else ''}"
-          f"{'; rss_stat on its regular tracepoint' if args.tracepoint_rss_stat else ''}"
+          f"{'; RSS counted at every change (kmem:rss_stat)' if args.every_change_rss else ''}"
           f"{'; programs: ' + ', '.join(spec.name for spec in specs) if args.programs else ''}"
           f"; run-time statistics {args.run_time_stats}"
           f"{'; CONTROL: the on rounds run without the programs, like the off rounds' if args.control else ''}")
@@ -260,7 +259,7 @@ def main() -> None:
     print(json.dumps({"bench": "bpf_overhead", "processes_per_round": count, "pairs": pairs,
                       "all_events": args.all_events, "dedup_execs": dedup_execs,
                       "empty_programs": args.empty_programs, "control": args.control,
-                      "tracepoint_rss_stat": args.tracepoint_rss_stat,
+                      "every_change_rss": args.every_change_rss,
                       "programs_loaded": [spec.name for spec in specs], "run_time_stats": args.run_time_stats,
                       "off_median_wall_s": round(off_wall, 4), "on_median_wall_s": round(on_wall, 4),
                       "off_cpu_us_per_process": round(off_cpu_us, 1), "on_cpu_us_per_process": round(on_cpu_us, 1),

@@ -1,9 +1,9 @@
 """The running kernel's struct layout, read from its BTF (/sys/kernel/btf/vmlinux).
 
-The raw rss_stat program (memory.bpf.c) reads kernel structs directly, and the kernel headers on a host
-need not match the running kernel, so the offsets come from BTF at load time and reach the program as
--D flags. Only what that program needs is decoded here: a plain reader of the BTF format
-(Documentation/bpf/btf.rst), with no dependency on libbpf's ABI.
+The programs read kernel structs directly (a task's exit code and mm, an mm's RSS counters, each CPU's part of
+a percpu counter), and the kernel headers on a host need not match the running kernel, so the offsets come from
+BTF at load time and reach the programs as -D flags. Only what they need is decoded here: a plain reader of the
+BTF format (Documentation/bpf/btf.rst), with no dependency on libbpf's ABI.
 """
 
 from __future__ import annotations
@@ -20,20 +20,22 @@ _HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off
 _TYPE = struct.Struct("<III")  # name_off, info, size or type
 _MEMBER = struct.Struct("<III")  # name_off, type, offset
 _ARRAY = struct.Struct("<III")  # type, index_type, nelems
+_SECTION_ENTRY = struct.Struct("<III")  # variable type id, offset, size
+PERCPU_SECTION = ".data..percpu"
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION = 1, 2, 3, 4, 5
 KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
-KIND_FUNC_PROTO, KIND_TYPE_TAG = 13, 18
+KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_TYPE_TAG = 13, 14, 15, 18
 _QUALIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
 
 
 def _extra_bytes(kind: int, vlen: int) -> int:
     """Bytes that follow a type's 12-byte common part, by kind."""
-    if kind in (KIND_INT, 14, 17):  # int encoding; var linkage; decl_tag component index
+    if kind in (KIND_INT, KIND_VAR, 17):  # int encoding; var linkage; decl_tag component index
         return 4
     if kind == KIND_ARRAY:
         return _ARRAY.size
-    if kind in (KIND_STRUCT, KIND_UNION, 15, 19):  # members; datasec entries; enum64 values
+    if kind in (KIND_STRUCT, KIND_UNION, KIND_DATASEC, 19):  # members; datasec entries; enum64 values
         return 12 * vlen
     if kind in (6, KIND_FUNC_PROTO):  # enum values; parameters
         return 8 * vlen
@@ -173,36 +175,86 @@ class Btf:
         (encoding,) = struct.unpack_from("<I", self._types, resolved.position)
         return (encoding & 0xFF) != resolved.size_or_type * 8 or (encoding >> 16) & 0xFF != 0
 
-    def parameter_count(self, typedef_name: str) -> int:
-        """Parameters of the function-pointer typedef `typedef_name` (e.g. a btf_trace_<event>)."""
-        pointer = self.type(self.resolve(self.find(typedef_name, KIND_TYPEDEF)))
-        if pointer.kind != KIND_PTR:
-            raise BtfError(f"{typedef_name} is not a function pointer")
-        proto = self.type(self.resolve(pointer.size_or_type))
-        if proto.kind != KIND_FUNC_PROTO:
-            raise BtfError(f"{typedef_name} is not a function pointer")
-        return proto.vlen
+    def percpu_variables(self) -> dict[str, int]:
+        """Each per-CPU variable's offset in the .data..percpu section (the kernel's BTF lists them all)."""
+        variables: dict[str, int] = {}
+        for type_id in range(1, len(self._positions)):
+            section = self.type(type_id)
+            if section.kind != KIND_DATASEC or section.name != PERCPU_SECTION:
+                continue
+            for index in range(section.vlen):
+                variable, offset, _size = _SECTION_ENTRY.unpack_from(self._types, section.position + 12 * index)
+                if self.type(variable).kind != KIND_VAR:
+                    raise BtfError(f"{PERCPU_SECTION} entry {index} is not a variable (BTF type {variable})")
+                variables[self.type(variable).name] = offset
+        return variables
 
 
 _KIND_NAMES = {KIND_STRUCT: "struct", KIND_UNION: "union", KIND_TYPEDEF: "typedef"}
 
 
 @dataclass(frozen=True)
+class CpuOffsetAnchor:
+    """How a program finds a CPU's per-CPU offset (__per_cpu_offset[cpu], which kallsyms need not list): from
+    the running task's runqueue (task_struct.se.cfs_rq->rq, that CPU's copy of the per-CPU variable runqueues)
+    back to the start of that CPU's per-CPU area, where the variable this_cpu_off holds the offset (x86-64)."""
+
+    task_cfs_rq: int  # task_struct.se.cfs_rq
+    cfs_rq_rq: int
+    rq_cpu: int
+    runqueues: int  # per-CPU variables' offsets in the .data..percpu section
+    this_cpu_off: int
+    cpu_number: int | None  # a check where the kernel has it as a variable of its own (6.15 and later)
+
+    def cflags(self) -> list[str]:
+        flags = [f"-DTASK_CFS_RQ_OFFSET={self.task_cfs_rq}", f"-DCFS_RQ_RQ_OFFSET={self.cfs_rq_rq}",
+                 f"-DRQ_CPU_OFFSET={self.rq_cpu}", f"-DPCPU_RUNQUEUES={self.runqueues}",
+                 f"-DPCPU_THIS_CPU_OFF={self.this_cpu_off}"]
+        return flags if self.cpu_number is None else [*flags, f"-DPCPU_CPU_NUMBER={self.cpu_number}"]
+
+
+@dataclass(frozen=True)
+class PercpuCounterLayout:
+    """struct percpu_counter (mm counters from 6.2): a global s64 part and an s32 per CPU."""
+
+    count: int
+    counters: int
+    anchor: CpuOffsetAnchor
+
+
+@dataclass(frozen=True)
+class RssLayout:
+    """Where an mm's RSS counters are: counter `member` at mm_struct.rss_stat + member * counter_size; atomic
+    longs before 6.2, percpu counters (`percpu`) from 6.2."""
+
+    mm_rss_stat: int
+    counter_size: int
+    percpu: PercpuCounterLayout | None
+
+    def cflags(self, page_size: int, possible_cpus: int) -> list[str]:
+        flags = ["-DRSS_SAMPLING", f"-DMM_RSS_STAT_OFFSET={self.mm_rss_stat}",
+                 f"-DRSS_COUNTER_SIZE={self.counter_size}", f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
+        if self.percpu is None:
+            return flags
+        return [*flags, "-DRSS_PERCPU", f"-DRSS_CPUS={possible_cpus}",
+                f"-DPERCPU_COUNTER_COUNT_OFFSET={self.percpu.count}",
+                f"-DPERCPU_COUNTER_COUNTERS_OFFSET={self.percpu.counters}", *self.percpu.anchor.cflags()]
+
+
+@dataclass(frozen=True)
 class KernelLayout:
-    """The offsets hostwarden's programs read on the running kernel, and whether the raw rss_stat program
-    can run (`rss_unavailable` says why not)."""
+    """The offsets hostwarden's programs read on the running kernel; `rss` is None where an mm's RSS counters
+    cannot be read (`rss_unavailable` says why): RSS is then counted from kmem:rss_stat's records."""
 
     task_mm: int
     task_exit_code: int
-    raw_rss_stat: bool
+    rss: RssLayout | None
     rss_unavailable: str = ""
 
-    def cflags(self, page_size: int) -> list[str]:
+    def cflags(self, page_size: int, possible_cpus: int) -> list[str]:
         flags = ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={self.task_mm}",
                  f"-DTASK_EXIT_CODE_OFFSET={self.task_exit_code}"]
-        if not self.raw_rss_stat:
-            return flags
-        return [*flags, "-DRSS_STAT_RAW", f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
+        return flags if self.rss is None else [*flags, *self.rss.cflags(page_size, possible_cpus)]
 
 
 def _member_of_size(btf: Btf, struct_id: int, name: str, size: int) -> int:
@@ -218,21 +270,53 @@ def kernel_layout(btf: Btf) -> KernelLayout:
     task_mm = _member_of_size(btf, task, "mm", 8)
     task_exit_code = _member_of_size(btf, task, "exit_code", 4)
     try:
-        check_rss_stat_arguments(btf)
+        rss = rss_layout(btf)
     except BtfError as missing:
-        return KernelLayout(task_mm, task_exit_code, False, str(missing))
-    return KernelLayout(task_mm, task_exit_code, True)
+        return KernelLayout(task_mm, task_exit_code, None, str(missing))
+    return KernelLayout(task_mm, task_exit_code, rss)
 
 
-def check_rss_stat_arguments(btf: Btf) -> None:
-    """The raw program needs kmem:rss_stat to pass the counter's new value, as it does before 6.2 (when mm
-    counters were atomics); BtfError otherwise. From 6.2 the tracepoint passes (mm, member) and the
-    counters are percpu counters: their global part lags the exact sum by up to the counter's batch per CPU,
-    so a program reading it would miss a threshold crossed by less than that (seen: the spike benchmark's
-    allocator, which stops at the threshold, was never reported), and the exact sum needs the per-CPU
-    offsets, which this kernel's kallsyms does not list. The tracepoint's record carries the exact sum."""
-    # The tracepoint's arguments, with the context pointer first.
-    parameters = btf.parameter_count("btf_trace_rss_stat")
-    if parameters != 4:
-        raise BtfError(f"kmem:rss_stat passes {parameters - 1} arguments, no counter value (kernel 6.2 or later): "
-                       "the tracepoint's record has the exact sum")
+# MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES: the counters rss_stat holds since Linux 4.5
+_RSS_COUNTERS = 4
+
+
+def rss_layout(btf: Btf) -> RssLayout:
+    """Where mm_struct keeps its RSS counters; BtfError when that, or (for percpu counters) the way to each CPU's
+    part, is missing."""
+    mm_rss_stat, stat_type = btf.member(btf.find("mm_struct", KIND_STRUCT), "rss_stat")
+    stat = btf.type(btf.resolve(stat_type))
+    if stat.kind == KIND_STRUCT:  # before 6.2: struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
+        count_offset, count_type = btf.member(btf.resolve(stat_type), "count")
+        element, count = btf.array(btf.resolve(count_type))
+        if count < _RSS_COUNTERS or btf.size(element) != 8:
+            raise BtfError(f"mm_rss_stat.count is {count} counters of {btf.size(element)} bytes, "
+                           f"not at least {_RSS_COUNTERS} of 8")
+        return RssLayout(mm_rss_stat + count_offset, 8, None)
+    element, count = btf.array(btf.resolve(stat_type))
+    counter = btf.resolve(element)
+    if btf.type(counter).name != "percpu_counter" or count < _RSS_COUNTERS:
+        raise BtfError(f"mm_struct.rss_stat is {count} of {btf.type(counter).name or 'an unnamed type'}, "
+                       f"not at least {_RSS_COUNTERS} percpu_counter")
+    percpu = PercpuCounterLayout(count=_member_of_size(btf, counter, "count", 8),
+                                 counters=_member_of_size(btf, counter, "counters", 8),
+                                 anchor=cpu_offset_anchor(btf))
+    if (btf.size(element) | percpu.count | percpu.counters) % 8:
+        # The program copies the counters into 8-byte words and takes these fields from them.
+        raise BtfError(f"percpu_counter is {btf.size(element)} bytes with count at {percpu.count} and counters at "
+                       f"{percpu.counters}: not all multiples of 8")
+    return RssLayout(mm_rss_stat, btf.size(element), percpu)
+
+
+def cpu_offset_anchor(btf: Btf) -> CpuOffsetAnchor:
+    task_se, se_type = btf.member(btf.find("task_struct", KIND_STRUCT), "se")
+    se_cfs_rq = _member_of_size(btf, se_type, "cfs_rq", 8)  # CONFIG_FAIR_GROUP_SCHED
+    cfs_rq_rq = _member_of_size(btf, btf.find("cfs_rq", KIND_STRUCT), "rq", 8)
+    rq_cpu = _member_of_size(btf, btf.find("rq", KIND_STRUCT), "cpu", 4)
+    variables = btf.percpu_variables()
+    for needed in ("runqueues", "this_cpu_off"):
+        if needed not in variables:
+            raise BtfError(f"kernel BTF has no per-CPU variable {needed} (needed to find each CPU's part of a "
+                           "percpu counter; this_cpu_off exists on x86-64)")
+    return CpuOffsetAnchor(task_cfs_rq=task_se + se_cfs_rq, cfs_rq_rq=cfs_rq_rq, rq_cpu=rq_cpu,
+                           runqueues=variables["runqueues"], this_cpu_off=variables["this_cpu_off"],
+                           cpu_number=variables.get("cpu_number"))

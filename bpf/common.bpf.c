@@ -1,13 +1,13 @@
 /*
- * Definitions shared by every hostwarden program. The loader prepends this unit to the program
- * units and compiles them as one bcc module, so all programs share these maps.
+ * Definitions shared by every hostwarden program. The loader prepends this unit (and rss.bpf.c) to the
+ * program units and compiles them as one bcc module, so all programs share these maps.
  *
  * No struct offsets from kernel headers are trusted: the development hosts compile against headers that
  * do not match the running kernel. Programs read tracepoint arguments, BPF helpers, BTF-typed pointers,
  * and kernel structs at offsets the loader took from the running kernel's BTF (btf.py; KERNEL_LAYOUT
  * and the offsets are defined then, and not where the kernel has no BTF).
  *
- * Cost: every program runs on host-wide hot paths (each fork, exec, exit, RSS change), so each
+ * Cost: every program runs on host-wide hot paths (each fork, exec, exit, context switch), so each
  * one filters first (watched cgroup, event kind wanted) and does no other work for what it drops.
  */
 
@@ -76,6 +76,7 @@ struct process_info {
     u32 tgid;         /* in process_slots: 0 marks a free slot */
     u32 ppid;         /* 0: unknown (the process entered the cgroup from outside) */
     u64 cgroup_id;
+    u64 mm;           /* the mm the RSS sampler last saw it use (rss.bpf.c); 0: none */
 };
 
 /* The first filter of every program: is the current task's cgroup one the daemon watches? */
@@ -135,6 +136,7 @@ static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id)
         slot->tgid = tgid;
         slot->ppid = ppid;
         slot->cgroup_id = cgroup_id;
+        slot->mm = 0;
         return;
     }
     struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id};

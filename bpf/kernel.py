@@ -146,6 +146,13 @@ def attach_lsm(program_fd: int) -> int:
     return _bpf(_BPF_RAW_TRACEPOINT_OPEN, _RawTracepointAttr(name=0, prog_fd=program_fd))
 
 
+def attach_raw_tracepoint(program_fd: int, event: str) -> int:
+    """Attach a loaded raw-tracepoint program to `event`; returns the link fd (closing it detaches). Unlike
+    bcc's attach_raw_tracepoint, this allows a second program on an event bcc attached one to."""
+    name = ctypes.create_string_buffer(event.encode())
+    return _bpf(_BPF_RAW_TRACEPOINT_OPEN, _RawTracepointAttr(name=ctypes.addressof(name), prog_fd=program_fd))
+
+
 def enable_run_time_stats() -> int:
     """Turn on BPF run-time statistics for as long as the returned fd stays open."""
     return _bpf(_BPF_ENABLE_STATS, _EnableStatsAttr(type=_BPF_STATS_RUN_TIME))

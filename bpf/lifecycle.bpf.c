@@ -175,8 +175,8 @@ static __always_inline s64 exit_wait_status(void)
 /*
  * Runs for every process on the host: the tracked-process lookup is the filter (while exit events are
  * wanted, a process not tracked - in its cgroup before the watch, never exec'd since - is checked against
- * the watched cgroups too), and it also removes the entry of a process whose cgroup stopped being watched
- * while it ran.
+ * the watched cgroups too). It removes the process's entry (also one whose cgroup stopped being watched
+ * while it ran) and, where RSS is sampled, takes a last sample and takes its mm out of its cgroup's RSS.
  */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
@@ -188,6 +188,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u32 ppid = 0;
     if (known) {
         ppid = known->ppid;
+        release_process_rss(known, tgid);
         forget_process(tgid);
     }
     if (!event_is_wanted(EVENT_EXIT))

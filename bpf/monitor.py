@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import importlib
 import itertools
 import logging
@@ -29,10 +28,11 @@ from hostwarden.bpf import kernel
 from hostwarden.bpf.btf import Btf, BtfError, KernelLayout, kernel_layout
 from hostwarden.bpf.events import BpfEvent, EventDecodeError, EventKind, decode_event
 from hostwarden.bpf.programs import (
-    COMMON_UNIT,
     DEFAULT_PROGRAMS,
+    LIBRARY_UNITS,
     ProgramSpec,
     RawTracepoint,
+    RssSource,
     SleepableLsm,
     Tracepoint,
     compose_source,
@@ -49,15 +49,18 @@ RUN_TIME_STATS_MODES = ("sampled", "always", "off")
 STATS_WINDOW_S = 1.0
 STATS_PERIOD_S = 10.0
 _DETAIL_LINES = 6  # compiler / verifier lines kept in a program's failure detail
+_CALIBRATION_SWITCH_S = 0.002  # a sleep on each CPU in turn: the calibration program runs at the switch
 
 
 @dataclass(frozen=True)
 class ProgramStatus:
-    """Whether a program runs; `detail` says what it attached to, or why it could not load."""
+    """Whether a program runs; `detail` says what it attached to, or why it could not load. `not_needed`: it could
+    run here but is not attached, another program doing its job (the other way of counting RSS)."""
 
     name: str
     loaded: bool
     detail: str
+    not_needed: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class ProgramStats:
 
 @dataclass(frozen=True)
 class CgroupRss:
-    """Summed resident memory of a watched cgroup's processes, as the rss_stat program counts it."""
+    """Summed resident memory of a watched cgroup's processes, as the memory programs count it (rss.bpf.c)."""
 
     rss_bytes: int
     peak_bytes: int
@@ -185,7 +188,7 @@ class BpfMonitor:
         sys_root: Path = Path("/sys"),
         event_kinds: Collection[EventKind] = tuple(EventKind),
         dedup_execs: bool = False,
-        raw_tracepoints: bool = True,
+        rss_sampling: bool = True,
         run_time_stats: str = "always",
     ) -> None:
         """`extra_units` are C sources (by unit name) for programs not shipped in the package.
@@ -193,16 +196,19 @@ class BpfMonitor:
         event costs a ring-buffer record in the kernel and a decode here). `dedup_execs`: exec
         events report each path once per watch() of a cgroup (its first exec), not every exec;
         rarely a path is reported again (when its set of the kernel's table was full: lifecycle.bpf.c).
-        `raw_tracepoints=False` attaches raw-tracepoint programs to their regular tracepoints (to compare costs).
+        `rss_sampling=False` counts RSS from kmem:rss_stat at every change even where it could be sampled (to
+        compare costs and timeliness).
         `run_time_stats` (RUN_TIME_STATS_MODES): when the kernel counts the programs' run time and runs."""
         if run_time_stats not in RUN_TIME_STATS_MODES:
             raise ValueError(f"run_time_stats must be one of {', '.join(RUN_TIME_STATS_MODES)}, got {run_time_stats!r}")
         self._on_event = on_event
         self._event_kinds = frozenset(event_kinds)
         self._dedup_execs = dedup_execs
-        self._raw_tracepoints = raw_tracepoints
+        self._rss_sampling = rss_sampling
         self._layout: KernelLayout | None = None
         self._layout_missing = ""  # why there is no kernel layout
+        self._rss_source = RssSource.EVERY_CHANGE
+        self._rss_detail = ""  # how RSS is sampled, or why it is not
         self._watch_serials = itertools.count(1)
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
@@ -264,9 +270,12 @@ class BpfMonitor:
             if self._dedup_execs and self._table_known("exec_dedup"):
                 dedup = self._table("exec_dedup")
                 dedup[dedup.Key(0)] = dedup.Leaf(1)
+            self._choose_rss_source(bcc, candidates)
         for spec in candidates:
             if spec.unit in compile_failures:
                 statuses[spec.name] = ProgramStatus(spec.name, False, compile_failures[spec.unit])
+            elif spec.rss_source is not None and spec.rss_source is not self._rss_source:
+                statuses[spec.name] = self._unused_memory_program(spec)
             else:
                 statuses[spec.name] = self._load(bcc, spec)
 
@@ -283,22 +292,71 @@ class BpfMonitor:
             self._layout = kernel_layout(Btf.load(self._sys_root / "kernel/btf/vmlinux"))
         except BtfError as missing:
             self._layout, self._layout_missing = None, str(missing)
-            log.warning("no kernel layout from BTF (%s): exit statuses unknown, rss_stat on its tracepoint", missing)
-            return
-        if not self._raw_tracepoints:
-            self._layout = dataclasses.replace(self._layout, raw_rss_stat=False,
-                                               rss_unavailable="raw tracepoints turned off")
-        elif not self._layout.raw_rss_stat:
-            log.info("rss_stat attaches to its tracepoint: %s", self._layout.rss_unavailable)
-
-    def _raw_tracepoint_refusal(self) -> str | None:
-        """Why raw-tracepoint programs attach to their regular tracepoints; None where they need not."""
-        if self._layout is None:
-            return self._layout_missing
-        return None if self._layout.raw_rss_stat else self._layout.rss_unavailable
+            log.warning("no kernel layout from BTF (%s): exit statuses unknown, RSS from kmem:rss_stat", missing)
 
     def _cflags(self) -> list[str]:
-        return [] if self._layout is None else self._layout.cflags(os.sysconf("SC_PAGE_SIZE"))
+        if self._layout is None:
+            return []
+        return self._layout.cflags(os.sysconf("SC_PAGE_SIZE"), len(cpu_list(self._sys_root, "possible")))
+
+    def _choose_rss_source(self, bcc: ModuleType, candidates: list[ProgramSpec]) -> None:
+        """Sampled RSS where the kernel's layout allows it (and, for percpu counters, every online CPU's offset
+        was found), else kmem:rss_stat at every change; `_rss_detail` says which and why."""
+        self._rss_source = RssSource.EVERY_CHANGE
+        if not self._rss_sampling:
+            self._rss_detail = "RSS sampling turned off"
+        elif self._layout is None:
+            self._rss_detail = f"no kernel layout: {self._layout_missing}"
+        elif self._layout.rss is None:
+            self._rss_detail = f"mm counters unreadable: {self._layout.rss_unavailable}"
+        elif not any(spec.rss_source is RssSource.SAMPLED for spec in candidates):
+            self._rss_detail = "no sampling program can attach on this kernel"
+        elif self._layout.rss.percpu is None:
+            self._rss_source, self._rss_detail = RssSource.SAMPLED, "RSS sampled from atomic mm counters"
+        else:
+            failure = self._calibrate_cpu_offsets(bcc)
+            if failure is None:
+                self._rss_source = RssSource.SAMPLED
+                cpus = len(cpu_list(self._sys_root, "online"))
+                self._rss_detail = f"RSS sampled: percpu mm counters summed over {cpus} online CPUs' parts"
+            else:
+                self._rss_detail = f"per-CPU offsets not found: {failure}"
+        if self._rss_source is RssSource.EVERY_CHANGE:
+            log.info("RSS counted at every change on kmem:rss_stat (%s)", self._rss_detail)
+
+    def _calibrate_cpu_offsets(self, bcc: ModuleType) -> str | None:
+        """Fill cpu_offsets: the calibration program runs at a context switch on each online CPU in turn
+        (a thread of this process sleeps there). None when every online CPU's offset was found and checks
+        out, else what went wrong."""
+        failure: Exception | None = None
+        with _captured_stderr() as stderr:
+            try:
+                function = self._bpf.load_func(b"calibrate_cpu_offset", bcc.BPF.RAW_TRACEPOINT)
+                link = kernel.attach_raw_tracepoint(function.fd, "sched_switch")
+            except Exception as refused:  # bcc raises bare Exception for load errors
+                failure = refused
+        if failure is not None:
+            return f"calibration program: {_error_detail(failure, ''.join(stderr))}"
+        online = cpu_list(self._sys_root, "online")
+        try:
+            for cpu in online:
+                visit = threading.Thread(target=_switch_on_cpu, args=(cpu,), name=f"hostwarden-cpu{cpu}")
+                visit.start()
+                visit.join()
+        finally:
+            os.close(link)
+        offsets, runqueues = self._table("cpu_offsets"), self._table("cpu_runqueues")
+        found = {cpu: (offsets[offsets.Key(cpu)].value, runqueues[runqueues.Key(cpu)].value) for cpu in online}
+        return check_cpu_offsets(found)
+
+    def _unused_memory_program(self, spec: ProgramSpec) -> ProgramStatus:
+        if self._rss_source is RssSource.SAMPLED:
+            samplers = ", ".join(other.name for other in self._programs if other.rss_source is RssSource.SAMPLED)
+            return ProgramStatus(spec.name, False, f"not attached: not needed, {self._rss_detail} ({samplers})",
+                                 not_needed=True)
+        return ProgramStatus(spec.name, False,
+                             f"not attached: RSS counted at every change on kmem:rss_stat instead ({self._rss_detail})",
+                             not_needed=not self._rss_sampling)
 
     def _unit_source(self, unit: str) -> str:
         return self._extra_units[unit] if unit in self._extra_units else packaged_unit(unit)
@@ -310,7 +368,7 @@ class BpfMonitor:
             return None, {}
         bpf_class = _manual_attach_class(bcc)
         try:
-            sources = {name: self._unit_source(name) for name in [COMMON_UNIT, *units]}
+            sources = {name: self._unit_source(name) for name in [*LIBRARY_UNITS, *units]}
         except OSError as unreadable:
             return None, {unit: f"source unreadable: {unreadable}" for unit in units}
 
@@ -347,14 +405,11 @@ class BpfMonitor:
             try:
                 if isinstance(spec.attach, SleepableLsm):
                     detail = self._load_sleepable_lsm(bcc, spec, spec.attach)
-                elif isinstance(spec.attach, RawTracepoint) and self._raw_tracepoint_refusal() is None:
+                elif isinstance(spec.attach, RawTracepoint):
                     function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.RAW_TRACEPOINT)
                     self._bpf.attach_raw_tracepoint(tp=spec.attach.tracepoint.event.encode(), fn_name=function.name)
                     self._program_fds[spec.name] = function.fd
-                    detail = f"attached to {spec.attach} (kernel layout from BTF)"
-                elif isinstance(spec.attach, RawTracepoint):
-                    detail = self._attach_tracepoint(bcc, spec, spec.attach.tracepoint)
-                    detail += f" (not its raw tracepoint: {self._raw_tracepoint_refusal()})"
+                    detail = f"attached to {spec.attach} ({self._rss_detail})"
                 else:
                     detail = self._attach_tracepoint(bcc, spec, spec.attach)
                     if spec.without_layout and self._layout is None:
@@ -595,6 +650,43 @@ def _manual_attach_class(bcc: ModuleType) -> type:
             pass
 
     return ManualAttachBPF
+
+
+def cpu_list(sys_root: Path, which: str) -> list[int]:
+    """The CPUs in /sys/devices/system/cpu/<which> ("possible", "online"), e.g. "0-3,6" -> [0, 1, 2, 3, 6]."""
+    text = (sys_root / "devices/system/cpu" / which).read_text().strip()
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+def _switch_on_cpu(cpu: int) -> None:
+    try:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+    except OSError as refused:
+        log.warning("calibration cannot run on CPU %d: %s", cpu, refused)
+        return
+    time.sleep(_CALIBRATION_SWITCH_S)
+
+
+def check_cpu_offsets(found: Mapping[int, tuple[int, int]]) -> str | None:
+    """None if each CPU's (per-CPU offset, runqueue address) pair was found and they agree: a variable's copies
+    are as far apart as the CPUs' offsets. Else what is wrong."""
+    missing = sorted(cpu for cpu, (offset, runqueue) in found.items() if not offset or not runqueue)
+    if missing:
+        return (f"no offset for CPUs {missing} (the calibration program did not run there, or the runqueue it "
+                "found did not name the CPU)")
+    first_cpu = min(found)
+    first_offset, first_runqueue = found[first_cpu]
+    for cpu, (offset, runqueue) in sorted(found.items()):
+        if offset - first_offset != runqueue - first_runqueue:
+            return (f"CPU {cpu}'s offset {offset:#x} and runqueue {runqueue:#x} disagree with CPU {first_cpu}'s "
+                    f"({first_offset:#x}, {first_runqueue:#x})")
+    if len({offset for offset, _ in found.values()}) != len(found):
+        return "two CPUs have the same per-CPU offset"
+    return None
 
 
 def _check_cgroup_id(cgroup_id: int) -> None:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from importlib import resources
 
 from hostwarden.bpf.events import EventKind
 
+# Compiled ahead of the program units, in this order: shared maps and helpers, then RSS accounting (which
+# the lifecycle unit's exit program uses too).
 COMMON_UNIT = "common"
+RSS_UNIT = "rss"
+LIBRARY_UNITS = (COMMON_UNIT, RSS_UNIT)
+
+
+class RssSource(Enum):
+    """How the kernel programs learn an mm's RSS: only one memory program set is attached (rss.bpf.c)."""
+
+    SAMPLED = "sampled"  # read the counters at context switches, timer interrupts and exits (needs BTF)
+    EVERY_CHANGE = "every_change"  # kmem:rss_stat, once per counter change
 
 
 @dataclass(frozen=True)
@@ -28,8 +40,7 @@ class Tracepoint:
 class RawTracepoint:
     """A raw tracepoint: the program gets the kernel's arguments, and no trace record is filled for it.
 
-    Its program reads kernel structs at offsets from the running kernel's BTF (btf.py); where BTF lacks
-    them the unit is compiled for, and attached to, the regular `tracepoint` instead.
+    `tracepoint` is the regular tracepoint of the same event (its existence is checked in tracefs).
     """
 
     tracepoint: Tracepoint
@@ -61,7 +72,8 @@ class ProgramSpec:
     """One BPF program: its report name, the source unit defining it, and where it attaches.
 
     `event_kinds` are the events it sends (their ring-buffer losses are charged to it). `without_layout`:
-    what its events lack where the kernel's struct layout is unknown (no BTF).
+    what its events lack where the kernel's struct layout is unknown (no BTF). `rss_source`: a memory program,
+    attached only where RSS is learnt that way.
     """
 
     name: str
@@ -69,6 +81,7 @@ class ProgramSpec:
     attach: Tracepoint | RawTracepoint | SleepableLsm
     event_kinds: tuple[EventKind, ...] = ()
     without_layout: str = ""
+    rss_source: RssSource | None = None
 
 
 DEFAULT_PROGRAMS: tuple[ProgramSpec, ...] = (
@@ -76,7 +89,13 @@ DEFAULT_PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec("process_exec", "lifecycle", Tracepoint("sched", "sched_process_exec"), (EventKind.EXEC,)),
     ProgramSpec("process_exit", "lifecycle", Tracepoint("sched", "sched_process_exit"), (EventKind.EXIT,),
                 without_layout="exit status"),
-    ProgramSpec("rss_stat", "memory", RawTracepoint(Tracepoint("kmem", "rss_stat")), (EventKind.SPIKE,)),
+    # Spikes found at timer interrupts and exits are sent through the same ring buffer: their losses count here.
+    ProgramSpec("rss_sample_switch", "memory", RawTracepoint(Tracepoint("sched", "sched_switch")), (EventKind.SPIKE,),
+                rss_source=RssSource.SAMPLED),
+    ProgramSpec("rss_sample_tick", "memory", RawTracepoint(Tracepoint("timer", "hrtimer_expire_entry")),
+                rss_source=RssSource.SAMPLED),
+    ProgramSpec("rss_stat", "memory", Tracepoint("kmem", "rss_stat"), (EventKind.SPIKE,),
+                rss_source=RssSource.EVERY_CHANGE),
     ProgramSpec("oom_victim", "oom", Tracepoint("oom", "mark_victim"), (EventKind.OOM,)),
     ProgramSpec("memcg_reclaim_begin", "reclaim", Tracepoint("vmscan", "mm_vmscan_memcg_reclaim_begin")),
     ProgramSpec("memcg_reclaim_end", "reclaim", Tracepoint("vmscan", "mm_vmscan_memcg_reclaim_end"),
@@ -91,7 +110,5 @@ def packaged_unit(unit: str) -> str:
 
 
 def compose_source(units: dict[str, str], names: list[str]) -> str:
-    """The common definitions followed by the named units: the text one bcc module compiles."""
-    parts = [f"/* unit: {COMMON_UNIT} */\n{units[COMMON_UNIT]}"]
-    parts += [f"/* unit: {name} */\n{units[name]}" for name in names]
-    return "\n".join(parts)
+    """The library units followed by the named units: the text one bcc module compiles."""
+    return "\n".join(f"/* unit: {name} */\n{units[name]}" for name in [*LIBRARY_UNITS, *names])

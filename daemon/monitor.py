@@ -53,7 +53,8 @@ SPIKE_FRACTION_OF_MEMORY_HIGH = 0.8
 EXECUTABLES_CAP = 64
 RSS_PEAK_SOURCE = "rss_tracking"
 EXEC_DIGEST_PROGRAM = "exec_digest"
-SPIKE_PROGRAM = "rss_stat"
+# Either counts a call's RSS (hostwarden.bpf's monitor attaches one way: sampled, or at every change).
+RSS_PROGRAMS = frozenset({"rss_sample_switch", "rss_stat"})
 
 # Fork and exit events are not used here: leaving them in the kernel saves two ring-buffer records and
 # two decodes per process (see docs/benchmarks.md).
@@ -183,7 +184,9 @@ class Monitor(Observer):
         if self._loaded:
             self._metrics.register(BpfCostCollector(self._backend.program_stats, self._backend.run_time_stats_seconds))
         for name, status in self.statuses.items():
-            if not status.loaded:
+            if status.not_needed:
+                log.info("bpf program %s not needed: %s", name, status.detail)
+            elif not status.loaded:
                 log.warning("bpf program %s not loaded: %s", name, status.detail)
         log.info("bpf programs loaded: %s", ", ".join(sorted(self._loaded)) or "none")
 
@@ -194,7 +197,8 @@ class Monitor(Observer):
     def _record_capabilities(self) -> None:
         for name, status in self.statuses.items():
             key = f"bpf_{name}"
-            self._capabilities[key] = Capability(key, status.loaded, status.detail, in_use=status.loaded)
+            self._capabilities[key] = Capability(key, status.loaded or status.not_needed, status.detail,
+                                                 in_use=status.loaded)
         bcc = self._capabilities.get("bcc")
         if bcc is not None:
             bcc.in_use = bool(self._loaded)
@@ -279,7 +283,7 @@ class Monitor(Observer):
             summary["peak_memory_source"] = RSS_PEAK_SOURCE
 
     def _peak_rss(self, cgroup_id: int) -> CgroupRss | None:
-        if SPIKE_PROGRAM not in self._loaded:
+        if not RSS_PROGRAMS & self._loaded:
             return None
         try:
             return self._backend.cgroup_rss(cgroup_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hostwarden.bpf import BpfMonitor, EventKind, ProcessEvent, SpikeEvent
-from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, ProgramSpec, Tracepoint, packaged_unit
+from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, RSS_UNIT, ProgramSpec, Tracepoint, packaged_unit
 from tests.host.bpf.bpf_helpers import SHELL, EventLog, join_cgroup
 
 
@@ -21,14 +22,18 @@ def lifecycle(events: list) -> list[ProcessEvent]:
 
 def test_tracepoint_programs_load_here(monitor):
     _, statuses = monitor
-    for name in ("process_fork", "process_exec", "process_exit", "rss_stat", "oom_victim",
-                 "memcg_reclaim_end"):
+    for name in ("process_fork", "process_exec", "process_exit", "rss_sample_switch", "rss_sample_tick",
+                 "oom_victim", "memcg_reclaim_end"):
         assert statuses[name].loaded, statuses[name]
     # No BPF LSM on this host: reported with the reason, not pretended.
     assert statuses["exec_digest"].loaded is False and statuses["exec_digest"].detail
-    # 6.18: rss_stat passes no counter value, so the program takes the exact sum from the tracepoint's record.
-    assert statuses["rss_stat"].detail.startswith("attached to tracepoint kmem:rss_stat (not its raw tracepoint: "
-                                                  "kmem:rss_stat passes 2 arguments"), statuses["rss_stat"].detail
+    # 6.18: mm counters are percpu counters; every online CPU's offset was found, so RSS is sampled.
+    online = len(os.sched_getaffinity(0))
+    assert statuses["rss_sample_switch"].detail == (
+        f"attached to raw tracepoint sched_switch (RSS sampled: percpu mm counters summed over {online} online "
+        "CPUs' parts)")
+    assert not statuses["rss_stat"].loaded
+    assert statuses["rss_stat"].detail.startswith("not attached: not needed, RSS sampled"), statuses["rss_stat"]
 
 
 def test_process_tree_yields_exact_lifecycle_events(monitor, event_log, cgroups):
@@ -132,7 +137,7 @@ def test_busy_process_in_an_unwatched_cgroup_yields_nothing(monitor, event_log, 
     event_log.wait_for(lambda seen: any(e.kind == "exit" for e in lifecycle(seen)), watched_id)
     stats = bpf_monitor.program_stats()
     assert stats["process_exec"].run_count - runs_before["process_exec"] >= 31  # the probes did run
-    assert stats["rss_stat"].run_count > runs_before["rss_stat"]
+    assert stats["rss_sample_switch"].run_count > runs_before["rss_sample_switch"]
     assert event_log.for_cgroup(unwatched_id) == []
     assert bpf_monitor.cgroup_rss(unwatched_id) is None
 
@@ -217,15 +222,20 @@ def test_spike_above_threshold_yields_one_event_naming_the_process(monitor, even
 HOLD = "import sys; b = bytearray(int(sys.argv[1])); b[::4096] = b'x' * len(b[::4096]); sys.stdin.read()"
 
 
-def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups):
+MEMORY_PROGRAMS = [spec for spec in DEFAULT_PROGRAMS if spec.unit in ("memory", "lifecycle")]
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "every-change"])
+def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups, sampled: bool):
     # Two slots for the mms of the watched processes: most go to the overflow LRU, and the sum must still
     # add up and fall back to about zero when they exit (a lost entry would leave its bytes counted).
-    # (The raw tracepoint's program is exercised in the vm tier: its kernel passes the counter.)
-    small_slots = "#define MM_SLOTS 2\n" + packaged_unit("memory")
-    small = BpfMonitor(EventLog(), programs=[p for p in DEFAULT_PROGRAMS if p.unit == "memory"],
-                       extra_units={"memory": small_slots})
+    small_slots = "#define MM_SLOTS 2\n" + packaged_unit(RSS_UNIT)
+    small = BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, extra_units={RSS_UNIT: small_slots},
+                       rss_sampling=sampled)
     try:
-        assert all(status.loaded for status in small.start().values())
+        statuses = small.start()
+        used = ("rss_sample_switch", "rss_sample_tick") if sampled else ("rss_stat",)
+        assert all(statuses[name].loaded for name in used), statuses
         path, cgroup_id = cgroups.make("mm-overflow")
         small.watch(cgroup_id)
         size, count = 32 << 20, 4
@@ -243,10 +253,34 @@ def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups
         small.stop()
 
 
+def test_sampled_rss_is_the_exact_sum_the_kernel_traces(cgroups):
+    # Two monitors on one cgroup: one samples the mm counters (its global part plus each CPU's, with the
+    # offsets it calibrated), the other keeps kmem:rss_stat's records, whose sizes the kernel sums exactly.
+    # Once the holders wait, nothing changes their counters: a per-CPU part left out would show.
+    sampled, traced = (BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, rss_sampling=mode) for mode in (True, False))
+    try:
+        assert sampled.start()["rss_sample_switch"].loaded and traced.start()["rss_stat"].loaded
+        path, cgroup_id = cgroups.make("exact")
+        sampled.watch(cgroup_id)
+        traced.watch(cgroup_id)
+        holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(size)], stdin=subprocess.PIPE,
+                                    preexec_fn=join_cgroup(path)) for size in (24 << 20, (40 << 20) + 12288)]
+        deadline = time.monotonic() + 20
+        while sampled.cgroup_rss(cgroup_id).rss_bytes < 64 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert sampled.cgroup_rss(cgroup_id).rss_bytes == traced.cgroup_rss(cgroup_id).rss_bytes >= 64 << 20
+        for holder in holders:
+            holder.communicate(b"")
+    finally:
+        sampled.stop()
+        traced.stop()
+
+
 def test_program_stats_count_runs_and_time(monitor):
     bpf_monitor, _ = monitor
     stats = bpf_monitor.program_stats()
-    assert stats["rss_stat"].run_count > 0 and stats["rss_stat"].run_time_ns > 0
+    assert stats["rss_sample_switch"].run_count > 0 and stats["rss_sample_switch"].run_time_ns > 0
     assert all(entry.events_lost == 0 for entry in stats.values())
 
 

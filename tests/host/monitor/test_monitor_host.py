@@ -61,8 +61,12 @@ def test_programs_are_reported_in_status(daemon_process: DaemonProcess) -> None:
     require_bcc_host()
     capabilities = json.loads(daemon_process.cli("status", "--json").stdout)["capabilities"]
     assert capabilities["bcc"]["in_use"]
-    for program in ("process_exec", "process_fork", "process_exit", "rss_stat"):
+    for program in ("process_exec", "process_fork", "process_exit", "rss_sample_switch", "rss_sample_tick"):
         assert capabilities[f"bpf_{program}"]["in_use"], capabilities[f"bpf_{program}"]
+    # RSS is sampled here: the program that counts it at every change could run, and is not needed.
+    every_change = capabilities["bpf_rss_stat"]
+    assert every_change["available"] and not every_change["in_use"], every_change
+    assert every_change["detail"].startswith("not attached: not needed, RSS sampled"), every_change
     # This host has no BPF LSM: the digest program is reported with its reason, and the daemon runs on.
     digest = capabilities["bpf_exec_digest"]
     assert not digest["in_use"] and digest["detail"]

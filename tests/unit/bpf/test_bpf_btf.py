@@ -9,16 +9,21 @@ import pytest
 from hostwarden.bpf.btf import (
     KIND_ARRAY,
     KIND_CONST,
+    KIND_DATASEC,
     KIND_FUNC_PROTO,
     KIND_INT,
     KIND_PTR,
     KIND_STRUCT,
     KIND_TYPEDEF,
     KIND_UNION,
+    KIND_VAR,
     VMLINUX_BTF,
     Btf,
     BtfError,
+    CpuOffsetAnchor,
     KernelLayout,
+    PercpuCounterLayout,
+    RssLayout,
     kernel_layout,
 )
 
@@ -83,6 +88,14 @@ class BtfEncoder:
     def func_proto(self, returns: int, params: list[tuple[str, int]]) -> int:
         extra = b"".join(struct.pack("<II", self._name(name), param_type) for name, param_type in params)
         return self._add("", KIND_FUNC_PROTO, returns, vlen=len(params), extra=extra)
+
+    def var(self, name: str, var_type: int) -> int:
+        return self._add(name, KIND_VAR, var_type, extra=struct.pack("<I", 1))  # global linkage
+
+    def datasec(self, name: str, size: int, entries: list[tuple[int, int, int]]) -> int:
+        """entries: (type id, offset, size)."""
+        extra = b"".join(struct.pack("<III", *entry) for entry in entries)
+        return self._add(name, KIND_DATASEC, size, vlen=len(entries), extra=extra)
 
     def blob(self) -> bytes:
         type_section = b"".join(self.types)
@@ -236,85 +249,114 @@ def test_array_element_and_count(sample: Sample):
         sample.btf.array(sample.ids["widget"])
 
 
-def test_parameter_count_of_a_trace_typedef(sample: Sample):
-    assert sample.btf.parameter_count("btf_trace_widget") == 3
-    with pytest.raises(BtfError, match="btf_trace_int is not a function pointer"):
-        sample.btf.parameter_count("btf_trace_int")
-    with pytest.raises(BtfError, match="btf_trace_int_ptr is not a function pointer"):
-        sample.btf.parameter_count("btf_trace_int_ptr")
-    with pytest.raises(BtfError, match="kernel BTF has no typedef btf_trace_nothing"):
-        sample.btf.parameter_count("btf_trace_nothing")
+def test_percpu_variables_are_read_from_their_section():
+    e = BtfEncoder()
+    long_t = e.int_("long", 8)
+    first, second = e.var("runqueues", long_t), e.var("this_cpu_off", long_t)
+    other = e.var("jiffies", long_t)
+    e.datasec(".data", 8, [(other, 0, 8)])
+    e.datasec(".data..percpu", 4096, [(first, 2048, 8), (second, 64, 8)])
+    assert Btf(e.blob()).percpu_variables() == {"runqueues": 2048, "this_cpu_off": 64}
+
+
+def test_a_percpu_section_entry_that_is_not_a_variable_is_refused():
+    e = BtfEncoder()
+    long_t = e.int_("long", 8)
+    e.datasec(".data..percpu", 8, [(long_t, 0, 8)])
+    with pytest.raises(BtfError, match=r"\.data\.\.percpu entry 0 is not a variable"):
+        Btf(e.blob()).percpu_variables()
 
 
 # ---- kernel_layout on synthetic kernels ------------------------------------------------------
 
-TASK_MM, TASK_EXIT_CODE, MM_USERS, MM_RSS_STAT, ANON_AT = 1136, 1164, 68, 896, 64
+TASK_MM, TASK_EXIT_CODE, TASK_SE, SE_CFS_RQ, CFS_RQ_RQ, RQ_CPU = 1136, 1164, 128, 168, 312, 2984
+MM_RSS_STAT, ANON_AT = 960, 64
+RUNQUEUES, THIS_CPU_OFF, CPU_NUMBER = 178816, 86056, 86068
 
 
-def synthetic_kernel(*, trace_params: int | None = 3, exit_code: bool = True) -> bytes:
-    """A vmlinux BTF shaped like Linux >= 6.2 (mm counters are percpu_counters, rss_stat has (mm, member));
-    trace_params=4 makes it 6.1-like, None leaves out btf_trace_rss_stat."""
+def synthetic_kernel(*, percpu_counters: bool = True, exit_code: bool = True, fair_group_sched: bool = True,
+                     percpu_variables: tuple[str, ...] = ("runqueues", "this_cpu_off", "cpu_number"),
+                     counter_layout: tuple[int, int, int] = (40, 8, 32)) -> bytes:
+    """A vmlinux BTF shaped like Linux >= 6.2 (mm counters are percpu_counters: `counter_layout` is their size and
+    the offsets of count and counters); percpu_counters=False makes it 6.1-like (atomic longs)."""
     e = BtfEncoder()
     int_t = e.int_("int", 4)
     long_long = e.int_("long long", 8)
     s64 = e.typedef("s64", long_long)
     u32 = e.int_("unsigned int", 4, signed=False)
-    raw_spinlock = e.struct("raw_spinlock", 4, [("raw_lock", u32, 0)])
-    raw_spinlock_t = e.typedef("raw_spinlock_t", raw_spinlock)
     s32_ptr = e.ptr(int_t)
-    counter_struct = e.struct("percpu_counter", 40, [
-        ("lock", raw_spinlock_t, 0), ("count", s64, 64), ("list", e.array(s32_ptr, 2, int_t), 128),
-        ("counters", s32_ptr, 256)])
-    counter_array = e.array(counter_struct, 4, int_t)
-    atomic_body = e.struct("", 4, [("counter", int_t, 0)])
-    atomic_t = e.typedef("atomic_t", atomic_body)
-    anonymous = e.struct("", MM_RSS_STAT - ANON_AT + 160, [
-        ("mm_count", atomic_t, 0),
-        ("mm_users", atomic_t, (MM_USERS - ANON_AT) * 8),
-        ("rss_stat", counter_array, (MM_RSS_STAT - ANON_AT) * 8),
-    ])
+    if percpu_counters:
+        size, count_at, counters_at = counter_layout
+        raw_spinlock = e.struct("raw_spinlock", 4, [("raw_lock", u32, 0)])
+        counter = e.struct("percpu_counter", size, [
+            ("lock", e.typedef("raw_spinlock_t", raw_spinlock), 0), ("count", s64, count_at * 8),
+            ("counters", s32_ptr, counters_at * 8)])
+        rss_stat = e.array(counter, 4, int_t)
+    else:
+        atomic_long = e.typedef("atomic_long_t", e.typedef("atomic64_t", e.struct("", 8, [("counter", s64, 0)])))
+        rss_stat = e.struct("mm_rss_stat", 32, [("count", e.array(atomic_long, 4, int_t), 0)])
+    anonymous = e.struct("", MM_RSS_STAT - ANON_AT + 160, [("rss_stat", rss_stat, (MM_RSS_STAT - ANON_AT) * 8)])
     mm_struct = e.struct("mm_struct", 1200, [("pgd", s32_ptr, 0), ("", anonymous, ANON_AT * 8)])
-    mm_ptr = e.ptr(mm_struct)
-    task_members: list[Member] = [("__state", u32, 192), ("mm", mm_ptr, TASK_MM * 8)]
+    rq = e.struct("rq", 3584, [("nr_running", u32, 0), ("cpu", int_t, RQ_CPU * 8)])
+    cfs_rq = e.struct("cfs_rq", 512, [("load", u32, 0), ("rq", e.ptr(rq), CFS_RQ_RQ * 8)])
+    entity_members: list[Member] = [("load", u32, 0)]
+    if fair_group_sched:
+        entity_members.append(("cfs_rq", e.ptr(cfs_rq), SE_CFS_RQ * 8))
+    entity = e.struct("sched_entity", 256, entity_members)
+    task_members: list[Member] = [("__state", u32, 192), ("se", entity, TASK_SE * 8), ("mm", e.ptr(mm_struct),
+                                                                                       TASK_MM * 8)]
     if exit_code:
         task_members.append(("exit_code", int_t, TASK_EXIT_CODE * 8))
     e.struct("task_struct", 9000, task_members)
-    if trace_params is not None:
-        params = [("", e.ptr(0)), ("mm", mm_ptr), ("member", int_t), ("count", long_long)][:trace_params]
-        e.typedef("btf_trace_rss_stat", e.ptr(e.func_proto(0, params)))
+    offsets = {"runqueues": RUNQUEUES, "this_cpu_off": THIS_CPU_OFF, "cpu_number": CPU_NUMBER}
+    e.datasec(".data..percpu", 200000, [(e.var(name, long_long), offsets[name], 8) for name in percpu_variables])
     return e.blob()
 
 
-def test_layout_of_a_linux_6_2_kernel_has_no_raw_rss_stat():
-    # The tracepoint passes (mm, member): no counter value; its record has the exact percpu sum instead.
+ANCHOR = CpuOffsetAnchor(task_cfs_rq=TASK_SE + SE_CFS_RQ, cfs_rq_rq=CFS_RQ_RQ, rq_cpu=RQ_CPU, runqueues=RUNQUEUES,
+                         this_cpu_off=THIS_CPU_OFF, cpu_number=CPU_NUMBER)
+
+
+def test_layout_of_a_linux_6_2_kernel_sums_percpu_counters_with_offsets_found_from_runqueues():
     layout = kernel_layout(Btf(synthetic_kernel()))
-    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE, raw_rss_stat=False,
-                                  rss_unavailable=layout.rss_unavailable)
-    assert "kmem:rss_stat passes 2 arguments, no counter value (kernel 6.2 or later)" in layout.rss_unavailable
-    flags = layout.cflags(4096)
-    assert flags == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}", f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}"]
+    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE,
+                                  rss=RssLayout(MM_RSS_STAT, 40, PercpuCounterLayout(8, 32, ANCHOR)))
+    assert layout.cflags(4096, 8) == [
+        "-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}", f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}",
+        "-DRSS_SAMPLING", f"-DMM_RSS_STAT_OFFSET={MM_RSS_STAT}", "-DRSS_COUNTER_SIZE=40", "-DRSS_PAGE_SHIFT=12",
+        "-DRSS_PERCPU", "-DRSS_CPUS=8", "-DPERCPU_COUNTER_COUNT_OFFSET=8", "-DPERCPU_COUNTER_COUNTERS_OFFSET=32",
+        f"-DTASK_CFS_RQ_OFFSET={TASK_SE + SE_CFS_RQ}", f"-DCFS_RQ_RQ_OFFSET={CFS_RQ_RQ}", f"-DRQ_CPU_OFFSET={RQ_CPU}",
+        f"-DPCPU_RUNQUEUES={RUNQUEUES}", f"-DPCPU_THIS_CPU_OFF={THIS_CPU_OFF}", f"-DPCPU_CPU_NUMBER={CPU_NUMBER}"]
+    assert "-DRSS_PAGE_SHIFT=16" in layout.cflags(65536, 8)
 
 
-def test_layout_of_a_linux_6_1_kernel_takes_the_counter_from_the_arguments():
-    layout = kernel_layout(Btf(synthetic_kernel(trace_params=4)))
-    assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE, raw_rss_stat=True)
-    assert layout.cflags(4096) == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}",
-                                   f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}", "-DRSS_STAT_RAW",
-                                   "-DRSS_PAGE_SHIFT=12"]
-    assert "-DRSS_PAGE_SHIFT=16" in layout.cflags(65536)
+def test_layout_of_a_linux_6_1_kernel_reads_atomic_counters():
+    layout = kernel_layout(Btf(synthetic_kernel(percpu_counters=False)))
+    assert layout.rss == RssLayout(MM_RSS_STAT, 8, None)
+    assert layout.cflags(4096, 8)[3:] == ["-DRSS_SAMPLING", f"-DMM_RSS_STAT_OFFSET={MM_RSS_STAT}",
+                                          "-DRSS_COUNTER_SIZE=8", "-DRSS_PAGE_SHIFT=12"]
 
 
-def test_missing_rss_stat_tracepoint_leaves_rss_out_with_a_reason():
-    layout = kernel_layout(Btf(synthetic_kernel(trace_params=None)))
-    assert not layout.raw_rss_stat
-    assert "btf_trace_rss_stat" in layout.rss_unavailable
-    assert layout.task_exit_code == TASK_EXIT_CODE
+def test_cpu_number_is_a_check_only_where_the_kernel_has_it():
+    layout = kernel_layout(Btf(synthetic_kernel(percpu_variables=("runqueues", "this_cpu_off"))))
+    assert layout.rss is not None and layout.rss.percpu is not None
+    assert layout.rss.percpu.anchor.cpu_number is None
+    assert not any(flag.startswith("-DPCPU_CPU_NUMBER") for flag in layout.cflags(4096, 2))
 
 
-def test_unknown_rss_stat_arguments_leave_rss_out_with_a_reason():
-    layout = kernel_layout(Btf(synthetic_kernel(trace_params=2)))
-    assert not layout.raw_rss_stat
-    assert "kmem:rss_stat passes 1 arguments" in layout.rss_unavailable
+@pytest.mark.parametrize(("kernel", "reason"), [
+    (dict(percpu_variables=("runqueues",)), "no per-CPU variable this_cpu_off"),
+    (dict(percpu_variables=("this_cpu_off",)), "no per-CPU variable runqueues"),
+    (dict(fair_group_sched=False), "sched_entity has no member cfs_rq"),
+    (dict(counter_layout=(36, 8, 28)), "percpu_counter is 36 bytes with count at 8 and counters at 28"),
+])
+def test_unreadable_percpu_counters_leave_rss_to_kmem_rss_stat_with_a_reason(kernel: dict, reason: str):
+    layout = kernel_layout(Btf(synthetic_kernel(**kernel)))
+    assert layout.rss is None
+    assert reason in layout.rss_unavailable
+    assert layout.task_mm == TASK_MM and layout.task_exit_code == TASK_EXIT_CODE
+    assert layout.cflags(4096, 2) == ["-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}",
+                                      f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}"]
 
 
 def test_task_struct_without_exit_code_is_an_error():

@@ -2,13 +2,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hostwarden.bpf.monitor import tracefs_events_dir, unavailable_reason
+import pytest
+
+from hostwarden.bpf.events import EventKind
+from hostwarden.bpf.monitor import check_cpu_offsets, cpu_list, tracefs_events_dir, unavailable_reason
 from hostwarden.bpf.programs import (
     DEFAULT_PROGRAMS,
     ProgramSpec,
     RawTracepoint,
+    RssSource,
     SleepableLsm,
     Tracepoint,
+    compose_source,
     packaged_unit,
 )
 
@@ -30,12 +35,50 @@ def test_every_default_program_has_a_packaged_source_defining_its_function():
         source = packaged_unit(spec.unit)
         if isinstance(spec.attach, Tracepoint):
             assert f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event})" in source
-        elif isinstance(spec.attach, RawTracepoint):  # and the regular one, for kernels without BTF
+        elif isinstance(spec.attach, RawTracepoint):
             assert f"RAW_TRACEPOINT_PROBE({spec.attach.tracepoint.event})" in source
-            assert f"TRACEPOINT_PROBE({spec.attach.tracepoint.category}, {spec.attach.tracepoint.event})" in source
         else:
             assert f"LSM_PROBE({spec.attach.hook}," in source
     assert "BPF_HASH(watched_cgroups" in packaged_unit("common")
+    assert "int calibrate_cpu_offset(struct bpf_raw_tracepoint_args *ctx)" in packaged_unit("rss")
+
+
+def test_each_way_of_counting_rss_has_programs_and_one_sends_spikes():
+    for source in RssSource:
+        programs = [spec for spec in DEFAULT_PROGRAMS if spec.rss_source is source]
+        assert programs, source
+        assert sum(EventKind.SPIKE in spec.event_kinds for spec in programs) == 1, source
+
+
+def test_library_units_come_first_in_the_composed_source():
+    text = compose_source({"common": "/* c */", "rss": "/* r */", "memory": "/* m */"}, ["memory"])
+    assert text.index("/* c */") < text.index("/* r */") < text.index("/* m */")
+
+
+def test_cpu_lists_are_read_like_the_kernel_writes_them(tmp_path):
+    cpu_dir = tmp_path / "devices/system/cpu"
+    cpu_dir.mkdir(parents=True)
+    (cpu_dir / "possible").write_text("0-3,6,8-9\n")
+    (cpu_dir / "online").write_text("0\n")
+    assert cpu_list(tmp_path, "possible") == [0, 1, 2, 3, 6, 8, 9]
+    assert cpu_list(tmp_path, "online") == [0]
+
+
+def test_cpu_offsets_that_agree_with_their_runqueues_pass():
+    # Per-CPU areas 2 MiB apart: each CPU's runqueue copy is as far from CPU 0's as its offset is.
+    base, runqueue = 0xFFFF888000000000, 0xFFFF888000100000
+    found = {cpu: (base + cpu * 0x200000, runqueue + cpu * 0x200000) for cpu in range(4)}
+    assert check_cpu_offsets(found) is None
+
+
+@pytest.mark.parametrize(("found", "problem"), [
+    ({0: (0x1000, 0x5000), 1: (0, 0x7000)}, "no offset for CPUs [1]"),
+    ({0: (0x1000, 0x5000), 1: (0x3000, 0)}, "no offset for CPUs [1]"),
+    ({0: (0x1000, 0x5000), 1: (0x3000, 0x8000)}, "CPU 1's offset 0x3000 and runqueue 0x8000 disagree with CPU 0's"),
+    ({0: (0x1000, 0x5000), 1: (0x1000, 0x5000)}, "two CPUs have the same per-CPU offset"),
+])
+def test_cpu_offsets_that_do_not_add_up_are_refused(found: dict[int, tuple[int, int]], problem: str):
+    assert problem in check_cpu_offsets(found)
 
 
 def test_missing_tracepoint_is_named(tmp_path):

@@ -20,7 +20,7 @@ from hostwarden.bpf import (
     ReclaimEvent,
     SpikeEvent,
 )
-from hostwarden.bpf.programs import DEFAULT_PROGRAMS
+from hostwarden.bpf.programs import DEFAULT_PROGRAMS, RssSource
 from hostwarden.config import BpfConfig
 from hostwarden.events import Event, Subscription
 from hostwarden.monitor import EXECUTABLES_CAP, SPIKE_FRACTION_OF_MEMORY_HIGH, Monitor, build_monitor
@@ -30,6 +30,7 @@ from tests.unit.daemon.conftest import make_daemon
 
 MIB = 1 << 20
 LSM_REASON = "BPF LSM not active (active LSMs: lockdown,capability; boot with lsm=...,bpf)"
+NOT_NEEDED = "not attached: not needed, RSS sampled from atomic mm counters (rss_sample_switch, rss_sample_tick)"
 
 
 class FakeBpf:
@@ -45,8 +46,11 @@ class FakeBpf:
         self.stopped = False
 
     def start(self) -> dict[str, ProgramStatus]:
-        return {spec.name: ProgramStatus(spec.name, spec.name not in self.failing,
-                                         self.failing.get(spec.name, f"attached to {spec.attach}"))
+        """Every program loads unless `failing` names it; RSS is sampled, so rss_stat is not needed."""
+        return {spec.name: ProgramStatus(spec.name, False, NOT_NEEDED, not_needed=True)
+                if spec.rss_source is RssSource.EVERY_CHANGE else
+                ProgramStatus(spec.name, spec.name not in self.failing,
+                              self.failing.get(spec.name, f"attached to {spec.attach}"))
                 for spec in DEFAULT_PROGRAMS}
 
     def stop(self) -> None:
@@ -138,6 +142,8 @@ def test_program_statuses_become_capabilities(harness: Harness) -> None:
     assert (digest.available, digest.in_use, digest.detail) == (False, False, LSM_REASON)
     assert capabilities["bcc"].in_use
     assert not capabilities["bpf_lsm"].in_use
+    every_change = capabilities["bpf_rss_stat"]  # could run: available, but another program does its job
+    assert (every_change.available, every_change.in_use, every_change.detail) == (True, False, NOT_NEEDED)
     names = {message.name for message in harness.daemon.capability_messages()}
     assert {f"bpf_{spec.name}" for spec in DEFAULT_PROGRAMS} <= names
 
