@@ -86,15 +86,17 @@ def drain(subscription: Subscription, settle_s: float = 1.0) -> list[Event]:
 def test_the_guest_kernels_layout_comes_from_its_btf() -> None:
     layout = kernel_layout(Btf.load())
     assert layout.task_mm > 0 and layout.task_exit_code > 0
-    # Before 6.2 kmem:rss_stat passes the counter's new value: the raw program can run.
+    # An mm's RSS counters are readable: atomic longs before 6.2, percpu counters from 6.2.
+    assert layout.rss is not None, layout.rss_unavailable
     release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
-    assert layout.raw_rss_stat == (release < (6, 2)), layout.rss_unavailable
+    assert (layout.rss.percpu is None) == (release < (6, 2)), layout.rss
 
 
 def test_a_300_mib_allocation_over_a_100_mib_threshold_is_one_spike_naming_the_process(vm_daemon: VmDaemon) -> None:
     monitor = vm_daemon.monitor
-    assert monitor.statuses["rss_stat"].loaded, monitor.statuses["rss_stat"].detail
-    assert "attached to raw tracepoint rss_stat" in monitor.statuses["rss_stat"].detail
+    for sampler in ("rss_sample_switch", "rss_sample_tick"):
+        assert monitor.statuses[sampler].loaded, monitor.statuses[sampler].detail
+        assert "RSS sampled" in monitor.statuses[sampler].detail, monitor.statuses[sampler].detail
     spikes = vm_daemon.daemon.bus.subscribe(kinds=["memory_spike"])
     # The call's own threshold (a fraction of memory.high) lies above 300 MiB here; the test sets 100 MiB
     # the way the policy would, before the process allocates.
