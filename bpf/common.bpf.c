@@ -20,7 +20,9 @@
 #define EVENT_EXEC_DIGEST 7
 #define EVENT_KIND_SLOTS 8
 
+#ifndef MAX_WATCHED_CGROUPS  /* a test defines a smaller table to exercise reuse */
 #define MAX_WATCHED_CGROUPS 16384
+#endif
 #define MAX_TRACKED_PROCESSES 65536  /* mm_overflow and reclaim_started entries */
 
 #define EVENT_PATH_SIZE 256
@@ -31,6 +33,8 @@ struct watch_config {
     u64 spike_threshold;  /* bytes of summed process RSS; 0: no spike detection */
     u64 spike_fired;      /* 1 once a crossing was reported; user space re-arms by rewriting the entry */
     u64 watch_serial;     /* a new one at every watch(): exec deduplication's entries belong to one watch */
+    u32 memory_slot;      /* the cgroup's entry in cgroup_memory (rss.bpf.c), given by user space */
+    u32 unused;
 };
 
 /*

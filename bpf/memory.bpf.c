@@ -62,7 +62,7 @@ TRACEPOINT_PROBE(kmem, rss_stat)
         if (!mm) {
             if (!own_mm)
                 return 0;
-            mm = track_mm(key, cgroup_id);
+            mm = track_mm(key, cgroup_id, config);
             if (!mm)
                 return 0;
         }

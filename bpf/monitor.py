@@ -210,6 +210,8 @@ class BpfMonitor:
         self._rss_source = RssSource.EVERY_CHANGE
         self._rss_detail = ""  # how RSS is sampled, or why it is not
         self._watch_serials = itertools.count(1)
+        self._memory_slots: dict[int, int] = {}  # watched cgroup id -> its cgroup_memory entry (rss.bpf.c)
+        self._free_memory_slots: list[int] = []
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
         self._sys_root = sys_root
@@ -264,6 +266,8 @@ class BpfMonitor:
         self._read_kernel_layout()
         self._bpf, compile_failures = self._compile(bcc, units)
         if self._bpf is not None:
+            self._memory_slots.clear()
+            self._free_memory_slots = list(reversed(range(self._table("cgroup_memory").max_entries)))
             wanted = self._bpf[b"event_wanted"]
             for kind in self._event_kinds:
                 wanted[wanted.Key(int(kind))] = wanted.Leaf(1)
@@ -560,18 +564,27 @@ class BpfMonitor:
         return True
 
     def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None) -> None:
-        """Observe the processes of cgroup `cgroup_id` (its cgroup v2 inode number)."""
+        """Observe the processes of cgroup `cgroup_id` (its cgroup v2 inode number). Watching a watched cgroup
+        again keeps its totals and sets its threshold; BpfMonitorError when as many cgroups as the kernel's
+        tables hold are watched already."""
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
         with self._lock:
-            watched = self._table("watched_cgroups")
-            watched[watched.Key(cgroup_id)] = watched.Leaf(spike_threshold_bytes or 0, 0, next(self._watch_serials))
-            for name in ("cgroup_memory", "reclaim_totals"):
-                if self._table_known(name):
-                    table = self._table(name)
-                    key = table.Key(cgroup_id)
-                    if key not in table:
-                        table[key] = table.Leaf()
+            watched, memory = self._table("watched_cgroups"), self._table("cgroup_memory")
+            slot = self._memory_slots.get(cgroup_id)
+            if slot is None:
+                if not self._free_memory_slots:
+                    raise BpfMonitorError(f"cannot watch cgroup {cgroup_id}: {memory.max_entries} cgroups are "
+                                          "watched already, the most the kernel's tables hold")
+                slot = self._free_memory_slots.pop()
+                memory[memory.Key(slot)] = memory.Leaf(0, 0, cgroup_id)
+                self._memory_slots[cgroup_id] = slot
+            watched[watched.Key(cgroup_id)] = watched.Leaf(spike_threshold_bytes or 0, 0, next(self._watch_serials),
+                                                           slot)
+            if self._table_known("reclaim_totals"):
+                totals = self._table("reclaim_totals")
+                if totals.Key(cgroup_id) not in totals:
+                    totals[totals.Key(cgroup_id)] = totals.Leaf()
 
     def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
         """Replace a watched cgroup's spike threshold (None: no spike detection) and re-arm it.
@@ -583,30 +596,38 @@ class BpfMonitor:
             watched = self._table("watched_cgroups")
             key = watched.Key(cgroup_id)
             try:
-                serial = watched[key].watch_serial
+                config = watched[key]
             except KeyError:
                 raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first") from None
-            watched[key] = watched.Leaf(spike_threshold_bytes or 0, 0, serial)
+            watched[key] = watched.Leaf(spike_threshold_bytes or 0, 0, config.watch_serial, config.memory_slot)
 
     def unwatch(self, cgroup_id: int) -> None:
         """Stop observing a cgroup and drop its kernel-side totals. Unknown ids are ignored."""
         _check_cgroup_id(cgroup_id)
         with self._lock:
-            for name in ("watched_cgroups", "cgroup_memory", "reclaim_totals"):
+            for name in ("watched_cgroups", "reclaim_totals"):
                 if self._table_known(name):
                     table = self._table(name)
                     with contextlib.suppress(KeyError):
                         del table[table.Key(cgroup_id)]
+            slot = self._memory_slots.pop(cgroup_id, None)
+            if slot is not None:
+                memory = self._table("cgroup_memory")
+                memory[memory.Key(slot)] = memory.Leaf()  # cgroup 0: the cgroup's mms no longer match it
+                self._free_memory_slots.append(slot)
 
     # ---- what the daemon reads -----------------------------------------------------------
 
     def cgroup_rss(self, cgroup_id: int) -> CgroupRss | None:
         """Current and peak summed RSS of a watched cgroup's processes; None if not watched."""
         table = self._table("cgroup_memory")
-        try:
-            value = table[table.Key(cgroup_id)]
-        except KeyError:
+        with self._lock:
+            slot = self._memory_slots.get(cgroup_id)
+        if slot is None:
             return None
+        value = table[table.Key(slot)]
+        if value.cgroup_id != cgroup_id:
+            return None  # unwatched meanwhile
         return CgroupRss(rss_bytes=max(0, value.rss), peak_bytes=max(0, value.peak))
 
     def reclaim_totals(self, cgroup_id: int) -> ReclaimTotals | None:

@@ -18,10 +18,15 @@
 #define RSS_MEMBER_ANON 1
 #define RSS_MEMBER_SHMEM 3
 
-/* Kernel-owned: user space creates the entry at watch time and only reads it afterwards. */
+/*
+ * A watched cgroup's RSS, in the array slot user space gave it at watch() (watch_config.memory_slot) and
+ * cleared at unwatch(); in between only the kernel writes it. An array rather than a hash keyed by the cgroup:
+ * each sample and each exit adds to it, and a hash lookup cost ~100 ns of the exit program's ~300 here.
+ */
 struct cgroup_memory {
     s64 rss;
     s64 peak;
+    u64 cgroup_id;    /* the slot's cgroup; 0: free. An mm of an unwatched cgroup no longer matches it */
 };
 
 struct mm_rss {
@@ -32,7 +37,7 @@ struct mm_rss {
     u64 cgroup_id;
     u64 key;          /* the mm's address (sampling) or mm_id (kmem:rss_stat); in mm_slots 0 marks a free slot */
     u32 tgid;         /* the owner: the process the mm was first seen from */
-    u32 unused;
+    u32 memory_slot;  /* its cgroup's, when the mm was first seen */
     char comm[16];
 };
 
@@ -51,7 +56,15 @@ BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
 /* Entries put in mm_overflow minus those deleted: while 0 (the usual case) a key missing from its slot is not
  * looked up there, which saves a hash lookup on most runs. An LRU eviction leaves it high: lookups, never misses. */
 BPF_ARRAY(mm_overflow_entries, s64, 1);
-BPF_HASH(cgroup_memory, u64, struct cgroup_memory, MAX_WATCHED_CGROUPS);
+BPF_ARRAY(cgroup_memory, struct cgroup_memory, MAX_WATCHED_CGROUPS);
+
+/* The entry of the cgroup that owns `mm`; NULL once that cgroup is no longer watched. */
+static __always_inline struct cgroup_memory *owner_memory(struct mm_rss *mm)
+{
+    u32 index = mm->memory_slot;
+    struct cgroup_memory *memory = cgroup_memory.lookup(&index);
+    return memory && memory->cgroup_id == mm->cgroup_id ? memory : 0;
+}
 
 static __always_inline u32 mm_slot_index(u64 key)
 {
@@ -77,26 +90,27 @@ static __always_inline struct mm_rss *find_mm(u64 key)
     return mm_overflow.lookup(&key);
 }
 
-/* A new mm of the current task (in watched cgroup `cgroup_id`), with zero counters. */
-static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id)
+/* A new mm of the current task (in watched cgroup `cgroup_id`, configured as `config`), with zero counters. */
+static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, struct watch_config *config)
 {
     u32 index = mm_slot_index(key);
     struct mm_rss *slot = mm_slots.lookup(&index);
     if (!slot)
         return 0;  /* cannot happen (index < MM_SLOTS); the verifier wants the check */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (slot->key == 0 || !cgroup_memory.lookup(&slot->cgroup_id)) {
+    if (slot->key == 0 || !owner_memory(slot)) {
         slot->file = 0;
         slot->anon = 0;
         slot->shmem = 0;
         slot->rss = 0;
         slot->cgroup_id = cgroup_id;
         slot->tgid = tgid;
+        slot->memory_slot = config->memory_slot;
         slot->key = key;
         bpf_get_current_comm(&slot->comm, sizeof(slot->comm));
         return slot;
     }
-    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .tgid = tgid};
+    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .tgid = tgid, .memory_slot = config->memory_slot};
     bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
     s64 *entries = overflow_entries();
     if (!entries || mm_overflow.insert(&key, &fresh) != 0)
@@ -138,10 +152,10 @@ static __always_inline void report_spike(struct mm_rss *mm, u64 cgroup_id, s64 r
  * `config` belongs to `cgroup_id`, the current task's cgroup, when the caller has looked it up (else NULL, 0). */
 static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta, struct watch_config *config, u64 cgroup_id)
 {
-    u64 owner = mm->cgroup_id;
-    struct cgroup_memory *memory = cgroup_memory.lookup(&owner);
+    struct cgroup_memory *memory = owner_memory(mm);
     if (!memory)
         return;
+    u64 owner = mm->cgroup_id;
     s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
     if (rss > memory->peak)
         memory->peak = rss;
@@ -317,7 +331,7 @@ static __always_inline void sample_current_rss(void)
     }
     struct mm_rss *mm = find_mm(key);
     if (!mm) {
-        mm = track_mm(key, cgroup_id);
+        mm = track_mm(key, cgroup_id, config);
         if (!mm)
             return;
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hostwarden.bpf import BpfMonitor, EventKind, ProcessEvent, SpikeEvent
+from hostwarden.bpf import BpfMonitor, BpfMonitorError, EventKind, ProcessEvent, SpikeEvent
 from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, RSS_UNIT, ProgramSpec, Tracepoint, packaged_unit
 from tests.host.bpf.bpf_helpers import SHELL, EventLog, join_cgroup
 
@@ -277,6 +277,39 @@ def test_sampled_rss_is_the_exact_sum_the_kernel_traces(cgroups):
         traced.stop()
 
 
+def test_a_cgroup_watched_in_a_freed_place_starts_from_zero(cgroups):
+    # Two places for watched cgroups' totals: a third watch is refused until one is unwatched, and the cgroup
+    # that then gets the freed place does not inherit its predecessor's processes' memory.
+    two_places = "#define MAX_WATCHED_CGROUPS 2\n" + packaged_unit(COMMON_UNIT)
+    small = BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, extra_units={COMMON_UNIT: two_places})
+    holder = None
+    try:
+        assert small.start()["rss_sample_switch"].loaded
+        (first_path, first), (_, second), (third_path, third) = (cgroups.make(f"place-{n}") for n in range(3))
+        small.watch(first)
+        small.watch(second)
+        with pytest.raises(BpfMonitorError, match=f"cannot watch cgroup {third}: 2 cgroups are watched already"):
+            small.watch(third)
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE,
+                                  preexec_fn=join_cgroup(first_path))
+        deadline = time.monotonic() + 20
+        while small.cgroup_rss(first).rss_bytes < 32 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert small.cgroup_rss(first).rss_bytes >= 32 << 20
+        small.unwatch(first)
+        assert small.cgroup_rss(first) is None
+        small.watch(third)
+        subprocess.run(["/bin/true"], preexec_fn=join_cgroup(third_path), check=True)
+        holder.stdin.write(b"x")  # the holder runs (and is sampled) again, in a cgroup no longer watched
+        holder.stdin.flush()
+        time.sleep(0.2)
+        assert small.cgroup_rss(third).rss_bytes < 8 << 20
+    finally:
+        if holder is not None:
+            holder.communicate(b"")
+        small.stop()
+
+
 def test_program_stats_count_runs_and_time(monitor):
     bpf_monitor, _ = monitor
     stats = bpf_monitor.program_stats()
@@ -290,8 +323,6 @@ def test_bad_watch_input_is_refused(monitor):
         bpf_monitor.watch(0)
     with pytest.raises(ValueError, match="spike threshold must be a positive number"):
         bpf_monitor.watch(12345, spike_threshold_bytes=-5)
-    from hostwarden.bpf import BpfMonitorError
-
     with pytest.raises(BpfMonitorError, match="not watched"):
         bpf_monitor.set_threshold(987654321, 1 << 20)
 
