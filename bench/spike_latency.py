@@ -3,7 +3,9 @@ allocating process with CLOCK_MONOTONIC) to the spike event reaching a gRPC Watc
 real daemon (`hostwarden daemon`, its own eBPF programs), beside the same event at an in-process
 BpfMonitor callback (no daemon, no gRPC) and 1 s and 100 ms polling of the same call cgroup's
 memory (its processes' summed RSS here: the host has no memory controller; memory.current where
-there is one). Each trial is one tool call of the daemon. Last line of stdout: JSON."""
+there is one). Each trial is one tool call of the daemon. After the crossing the allocator either sleeps (the
+kernel samples its RSS as it leaves the CPU) or keeps running without a system call (sampled at the next timer
+interrupt): trials alternate between the two. Last line of stdout: JSON."""
 
 from __future__ import annotations
 
@@ -30,11 +32,13 @@ THRESHOLD = 64 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOLD_S = 1.3  # long enough for a 1 s poller to see the crossing
 
-# Touches pages until its own RSS reaches the threshold, stamps CLOCK_MONOTONIC, holds the memory.
+# Touches pages until its own RSS reaches the threshold, stamps CLOCK_MONOTONIC, holds the memory (asleep,
+# or spinning on the vDSO clock: no system call, so it never leaves its CPU of its own accord).
 # It is exec'd inside its call (as `hostwarden exec` does), so the probes count its memory from zero.
+AFTER_CROSSING = ("sleep", "spin")
 ALLOCATOR = f"""
 import mmap, os, sys, time
-threshold, page = int(sys.argv[1]), {PAGE}
+threshold, page, after = int(sys.argv[1]), {PAGE}, sys.argv[2]
 statm = open("/proc/self/statm")
 def rss():
     statm.seek(0)
@@ -49,7 +53,12 @@ while rss() < threshold:
     region[offset] = 1
 stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 print(stamp, flush=True)
-time.sleep({HOLD_S})
+if after == "sleep":
+    time.sleep({HOLD_S})
+else:
+    end = time.monotonic() + {HOLD_S}
+    while time.monotonic() < end:
+        pass
 """
 
 
@@ -147,10 +156,10 @@ class Callbacks:
 
 
 def run_trial(client: Client, stream: SpikeStream, monitor: BpfMonitor, callbacks: Callbacks,
-              samples: dict[str, list[float]], sources: set[str]) -> None:
+              samples: dict[str, list[float]], sources: set[str], after: str) -> None:
     # A shell that waits until it is inside the call, then execs the allocator.
     child = subprocess.Popen(["/bin/sh", "-c", 'read go; exec "$0" "$@"', sys.executable, "-c", ALLOCATOR,
-                              str(THRESHOLD)], stdin=subprocess.PIPE,
+                              str(THRESHOLD), after], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
         # The daemon's spike threshold is a fraction of the call's memory.high: ask for the high that gives ours.
@@ -186,6 +195,7 @@ def run_trial(client: Client, stream: SpikeStream, monitor: BpfMonitor, callback
             child.kill()
             child.wait()
     samples["daemon_client"].append((client_ns - stamp) / 1e6)
+    samples[f"daemon_client_{after}"].append((client_ns - stamp) / 1e6)
     samples["callback"].append((callback[0] - stamp) / 1e6)
     samples["kernel"].append((callback[1] - stamp) / 1e6)
     for poller, name in zip(pollers, ("poll_1s", "poll_100ms"), strict=True):
@@ -202,18 +212,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer trials")
     args = parser.parse_args()
-    trials = 5 if args.quick else 20
+    trials = 6 if args.quick else 20  # even: half of each AFTER_CROSSING
 
-    samples: dict[str, list[float]] = {name: [] for name in ("daemon_client", "callback", "kernel", "poll_1s",
-                                                              "poll_100ms")}
+    samples: dict[str, list[float]] = {name: [] for name in (
+        "daemon_client", "callback", "kernel", "poll_1s", "poll_100ms",
+        *(f"daemon_client_{after}" for after in AFTER_CROSSING))}
     sources: set[str] = set()
     daemon = DaemonUnderTest("spike-latency")
     callbacks = Callbacks()
     monitor = BpfMonitor(callbacks)
     try:
         statuses = monitor.start()
-        if not statuses["rss_stat"].loaded:
-            sys.exit(f"rss_stat program not loaded: {statuses['rss_stat'].detail}")
+        counting = [status for status in statuses.values() if status.loaded and status.name.startswith("rss_")]
+        if not counting:
+            sys.exit(f"no RSS program loaded: {statuses['rss_sample_switch'].detail}; {statuses['rss_stat'].detail}")
+        print(f"RSS counted by {', '.join(status.name for status in counting)}: {counting[0].detail}")
         with Client(daemon.socket) as client:
             stream = SpikeStream(daemon.socket)
             stream.start()
@@ -223,8 +236,9 @@ def main() -> None:
                     client.call("CreateSandbox", pb.CreateSandboxRequest(name="bench"))
                     if not stream.subscribed.wait(1):
                         client.call("DeleteSandbox", pb.DeleteSandboxRequest(name="bench", force=True))
-                for _ in range(trials):
-                    run_trial(client, stream, monitor, callbacks, samples, sources)
+                for trial in range(trials):
+                    run_trial(client, stream, monitor, callbacks, samples, sources,
+                              AFTER_CROSSING[trial % len(AFTER_CROSSING)])
             finally:
                 stream.close()
                 client.call("DeleteSandbox", pb.DeleteSandboxRequest(name="bench", force=True))
@@ -232,7 +246,8 @@ def main() -> None:
         monitor.stop()
         daemon.stop()
 
-    results = {name: summary(samples[name]) for name in ("daemon_client", "callback", "poll_100ms", "poll_1s")}
+    results = {name: summary(samples[name]) for name in ("daemon_client", "callback", "poll_100ms", "poll_1s",
+                                                          *(f"daemon_client_{a}" for a in AFTER_CROSSING))}
     # Conservative: the baseline's median against the daemon path's worst case (floored at 1 us).
     ratio = results["poll_1s"]["p50_ms"] / max(results["daemon_client"]["p99_ms"], 1e-3)
     print(f"threshold {THRESHOLD >> 20} MiB, {trials} trials, one tool call each; memory source for pollers: "
@@ -240,6 +255,8 @@ def main() -> None:
           f"(cgroup2 at {CGROUP2_ROOT})")
     print("stamp = allocating process's CLOCK_MONOTONIC when its RSS reached the threshold")
     for name, label in (("daemon_client", "daemon -> gRPC WatchEvents client"),
+                        ("daemon_client_sleep", "  of which: allocator then sleeps"),
+                        ("daemon_client_spin", "  of which: allocator keeps running"),
                         ("callback", "in-process BpfMonitor callback"), ("poll_100ms", "100 ms polling"),
                         ("poll_1s", "1 s polling (baseline)")):
         entry = results[name]

@@ -28,12 +28,10 @@
 #define EVENT_PATH_SIZE 256
 #define EVENT_DIGEST_SIZE 64
 
-/* Written by user space only, except spike_fired, which the kernel sets when it reports a crossing. */
+/* Written by user space only. */
 struct watch_config {
-    u64 spike_threshold;  /* bytes of summed process RSS; 0: no spike detection */
-    u64 spike_fired;      /* 1 once a crossing was reported; user space re-arms by rewriting the entry */
     u64 watch_serial;     /* a new one at every watch(): exec deduplication's entries belong to one watch */
-    u32 memory_slot;      /* the cgroup's entry in cgroup_memory (rss.bpf.c), given by user space */
+    u32 memory_slot;      /* the cgroup's entries in cgroup_memory and cgroup_spike (rss.bpf.c) */
     u32 unused;
 };
 
@@ -81,6 +79,8 @@ struct process_info {
     u32 ppid;         /* 0: unknown (the process entered the cgroup from outside) */
     u64 cgroup_id;
     u64 mm;           /* the mm the RSS sampler last saw it use (rss.bpf.c); 0: none */
+    u32 memory_slot;  /* its cgroup's watch_config.memory_slot */
+    u32 unused;
 };
 
 /* The first filter of every program: is the current task's cgroup one the daemon watches? */
@@ -130,7 +130,7 @@ static __always_inline struct process_info *find_process(u32 tgid)
     return slot ? slot : process_overflow.lookup(&tgid);
 }
 
-static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id)
+static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, u32 memory_slot)
 {
     u32 index = tgid % PROCESS_SLOTS;
     struct process_info *slot = process_slots.lookup(&index);
@@ -141,9 +141,10 @@ static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id)
         slot->ppid = ppid;
         slot->cgroup_id = cgroup_id;
         slot->mm = 0;
+        slot->memory_slot = memory_slot;
         return;
     }
-    struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id};
+    struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id, .memory_slot = memory_slot};
     process_overflow.update(&tgid, &info);
 }
 

@@ -8,11 +8,12 @@ TRACEPOINT_PROBE(task, task_newtask)
     if (args->clone_flags & CLONE_THREAD_FLAG)
         return 0;
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    if (!watched_cgroups.lookup(&cgroup_id))
+    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
+    if (!config)
         return 0;
     u32 child = args->pid;
     u32 parent = bpf_get_current_pid_tgid() >> 32;
-    track_process(child, parent, cgroup_id);
+    track_process(child, parent, cgroup_id, config->memory_slot);
     struct event *event = reserve_event(EVENT_FORK, cgroup_id, sizeof(struct event));
     if (!event)
         return 0;
@@ -113,10 +114,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct process_info *known = find_process(tgid);
     if (known) {
         known->cgroup_id = cgroup_id;
+        known->memory_slot = config->memory_slot;
         ppid = known->ppid;
     } else {
         /* A process attached to the cgroup from outside is tracked from its first exec on. */
-        track_process(tgid, 0, cgroup_id);
+        track_process(tgid, 0, cgroup_id, config->memory_slot);
     }
     if (!event_is_wanted(EVENT_EXEC))
         return 0;

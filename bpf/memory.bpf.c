@@ -8,29 +8,28 @@
 /* The task leaving the CPU is still the current one here. */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    sample_current_rss();
+    sample_leaving_task();
     return 0;
 }
 
 /* Timer interrupts (the scheduler tick among them) sample a watched task that runs without leaving its CPU. */
 RAW_TRACEPOINT_PROBE(hrtimer_expire_entry)
 {
-    sample_current_rss();
+    sample_running_task();
     return 0;
 }
 
 #endif
 
 /* Records that counter `member` of `mm` is now `size` bytes; returns the change. */
-static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 size, struct watch_config *config,
-                                          u64 cgroup_id)
+static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 size)
 {
     s64 *counter = member == RSS_MEMBER_FILE ? &mm->file : member == RSS_MEMBER_ANON ? &mm->anon : &mm->shmem;
     if (*counter == size)
         return 0;  /* nothing changed (a swap-in, a counter moved back): no atomic exchange */
     s64 delta = size - __sync_lock_test_and_set(counter, size);
     if (delta != 0)
-        add_to_owner(mm, delta, config, cgroup_id);
+        add_to_owner(mm, delta);
     return delta;
 }
 
@@ -62,12 +61,12 @@ TRACEPOINT_PROBE(kmem, rss_stat)
         if (!mm) {
             if (!own_mm)
                 return 0;
-            mm = track_mm(key, cgroup_id, config);
+            mm = track_mm(key, cgroup_id, config->memory_slot);
             if (!mm)
                 return 0;
         }
     }
-    if (update_counter(mm, member, args->size, config, cgroup_id) != 0 && mm->file == 0 && mm->anon == 0 &&
+    if (update_counter(mm, member, args->size) != 0 && mm->file == 0 && mm->anon == 0 &&
         mm->shmem == 0)
         forget_mm(mm, key);
     return 0;

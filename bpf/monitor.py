@@ -579,8 +579,8 @@ class BpfMonitor:
                 slot = self._free_memory_slots.pop()
                 memory[memory.Key(slot)] = memory.Leaf(0, 0, cgroup_id)
                 self._memory_slots[cgroup_id] = slot
-            watched[watched.Key(cgroup_id)] = watched.Leaf(spike_threshold_bytes or 0, 0, next(self._watch_serials),
-                                                           slot)
+            self._write_spike(slot, cgroup_id, spike_threshold_bytes)
+            watched[watched.Key(cgroup_id)] = watched.Leaf(next(self._watch_serials), slot)
             if self._table_known("reclaim_totals"):
                 totals = self._table("reclaim_totals")
                 if totals.Key(cgroup_id) not in totals:
@@ -593,13 +593,14 @@ class BpfMonitor:
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
         with self._lock:
-            watched = self._table("watched_cgroups")
-            key = watched.Key(cgroup_id)
-            try:
-                config = watched[key]
-            except KeyError:
-                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first") from None
-            watched[key] = watched.Leaf(spike_threshold_bytes or 0, 0, config.watch_serial, config.memory_slot)
+            slot = self._memory_slots.get(cgroup_id)
+            if slot is None:
+                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
+            self._write_spike(slot, cgroup_id, spike_threshold_bytes)
+
+    def _write_spike(self, slot: int, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
+        spike = self._table("cgroup_spike")
+        spike[spike.Key(slot)] = spike.Leaf(spike_threshold_bytes or 0, 0, cgroup_id)
 
     def unwatch(self, cgroup_id: int) -> None:
         """Stop observing a cgroup and drop its kernel-side totals. Unknown ids are ignored."""
@@ -612,8 +613,9 @@ class BpfMonitor:
                         del table[table.Key(cgroup_id)]
             slot = self._memory_slots.pop(cgroup_id, None)
             if slot is not None:
-                memory = self._table("cgroup_memory")
-                memory[memory.Key(slot)] = memory.Leaf()  # cgroup 0: the cgroup's mms no longer match it
+                for name in ("cgroup_memory", "cgroup_spike"):  # cgroup 0: the cgroup's mms no longer match them
+                    table = self._table(name)
+                    table[table.Key(slot)] = table.Leaf()
                 self._free_memory_slots.append(slot)
 
     # ---- what the daemon reads -----------------------------------------------------------

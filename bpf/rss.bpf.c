@@ -29,6 +29,14 @@ struct cgroup_memory {
     u64 cgroup_id;    /* the slot's cgroup; 0: free. An mm of an unwatched cgroup no longer matches it */
 };
 
+/* A watched cgroup's spike threshold, in the same slot: written by user space (watch(), set_threshold()), except
+ * `fired`, which the kernel sets when it reports a crossing; user space re-arms by rewriting the entry. */
+struct cgroup_spike {
+    u64 threshold;    /* bytes of summed process RSS; 0: no spike detection */
+    u64 fired;
+    u64 cgroup_id;
+};
+
 struct mm_rss {
     s64 file;         /* kmem:rss_stat: the last value of each counter, in bytes */
     s64 anon;
@@ -57,6 +65,7 @@ BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
  * looked up there, which saves a hash lookup on most runs. An LRU eviction leaves it high: lookups, never misses. */
 BPF_ARRAY(mm_overflow_entries, s64, 1);
 BPF_ARRAY(cgroup_memory, struct cgroup_memory, MAX_WATCHED_CGROUPS);
+BPF_ARRAY(cgroup_spike, struct cgroup_spike, MAX_WATCHED_CGROUPS);
 
 /* The entry of the cgroup that owns `mm`; NULL once that cgroup is no longer watched. */
 static __always_inline struct cgroup_memory *owner_memory(struct mm_rss *mm)
@@ -90,8 +99,8 @@ static __always_inline struct mm_rss *find_mm(u64 key)
     return mm_overflow.lookup(&key);
 }
 
-/* A new mm of the current task (in watched cgroup `cgroup_id`, configured as `config`), with zero counters. */
-static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, struct watch_config *config)
+/* A new mm of the current task, charged to watched cgroup `cgroup_id` (its `memory_slot`), with zero counters. */
+static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, u32 memory_slot)
 {
     u32 index = mm_slot_index(key);
     struct mm_rss *slot = mm_slots.lookup(&index);
@@ -105,12 +114,12 @@ static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, struct wa
         slot->rss = 0;
         slot->cgroup_id = cgroup_id;
         slot->tgid = tgid;
-        slot->memory_slot = config->memory_slot;
+        slot->memory_slot = memory_slot;
         slot->key = key;
         bpf_get_current_comm(&slot->comm, sizeof(slot->comm));
         return slot;
     }
-    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .tgid = tgid, .memory_slot = config->memory_slot};
+    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .tgid = tgid, .memory_slot = memory_slot};
     bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
     s64 *entries = overflow_entries();
     if (!entries || mm_overflow.insert(&key, &fresh) != 0)
@@ -148,27 +157,25 @@ static __always_inline void report_spike(struct mm_rss *mm, u64 cgroup_id, s64 r
     events.ringbuf_submit(event, 0);
 }
 
-/* Adds an mm's change to its owner cgroup's RSS (unless no longer watched) and reports a crossing on growth.
- * `config` belongs to `cgroup_id`, the current task's cgroup, when the caller has looked it up (else NULL, 0). */
-static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta, struct watch_config *config, u64 cgroup_id)
+/* Adds an mm's change to its owner cgroup's RSS (unless no longer watched) and reports a crossing on growth. */
+static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta)
 {
     struct cgroup_memory *memory = owner_memory(mm);
     if (!memory)
         return;
-    u64 owner = mm->cgroup_id;
     s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
     if (rss > memory->peak)
         memory->peak = rss;
     if (delta <= 0)
         return;
-    if (owner != cgroup_id)
-        config = watched_cgroups.lookup(&owner);
-    if (!config || config->spike_threshold == 0)
+    u32 index = mm->memory_slot;
+    struct cgroup_spike *spike = cgroup_spike.lookup(&index);
+    if (!spike || spike->cgroup_id != mm->cgroup_id || spike->threshold == 0)
         return;
-    s64 threshold = config->spike_threshold;
+    s64 threshold = spike->threshold;
     /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
-    if (rss >= threshold && __sync_lock_test_and_set(&config->spike_fired, 1) == 0)
-        report_spike(mm, owner, rss, threshold);
+    if (rss >= threshold && __sync_lock_test_and_set(&spike->fired, 1) == 0)
+        report_spike(mm, mm->cgroup_id, rss, threshold);
 }
 
 #ifdef RSS_SAMPLING
@@ -299,46 +306,73 @@ static __always_inline void forget_owned_mm(u64 key, u32 tgid)
     struct mm_rss *mm = find_mm(key);
     if (!mm || mm->tgid != tgid)
         return;
-    add_to_owner(mm, -__sync_lock_test_and_set(&mm->rss, 0), 0, 0);
+    add_to_owner(mm, -__sync_lock_test_and_set(&mm->rss, 0));
     forget_mm(mm, key);
 }
 
-/*
- * The samplers (memory.bpf.c): the current task's RSS if its cgroup is watched. The process table remembers
- * each process's mm: when that changes (exec), the old one is forgotten; at the process's exit, the last one
- * (release_process_rss).
- */
-static __always_inline void sample_current_rss(void)
+/* Reads the RSS of mm `key`, used by tracked process `tgid` (its entry `process` remembers the mm: when that
+ * changes (exec), the old one is forgotten; at the process's exit, the last one: release_process_rss). */
+static __always_inline void sample_process_rss(struct process_info *process, u32 tgid, u64 key)
 {
-    u64 cgroup_id = bpf_get_current_cgroup_id();
-    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
-    if (!config)
-        return;
-    u64 key = read_kernel_u64(bpf_get_current_task() + TASK_MM_OFFSET);
-    if (!key)
-        return;  /* a kernel thread, or a task past exit_mm() */
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct process_info *process = find_process(tgid);
-    if (!process) {
-        /* In its cgroup before the watch: tracked from now on, like one that execs there. */
-        track_process(tgid, 0, cgroup_id);
-        process = find_process(tgid);
-    }
-    if (process && process->mm != key) {
+    if (process->mm != key) {
         if (process->mm)
             forget_owned_mm(process->mm, tgid);
         process->mm = key;
     }
     struct mm_rss *mm = find_mm(key);
     if (!mm) {
-        mm = track_mm(key, cgroup_id, config);
+        mm = track_mm(key, process->cgroup_id, process->memory_slot);
         if (!mm)
             return;
     }
     s64 rss = resident_pages(key) << RSS_PAGE_SHIFT;
     s64 delta = rss - __sync_lock_test_and_set(&mm->rss, rss);
     if (delta != 0)
-        add_to_owner(mm, delta, config, cgroup_id);
+        add_to_owner(mm, delta);
+}
+
+static __always_inline u64 current_mm(void)
+{
+    return read_kernel_u64(bpf_get_current_task() + TASK_MM_OFFSET);  /* 0: a kernel thread, or past exit_mm() */
+}
+
+/* At a context switch: the leaving task's RSS if its cgroup is watched. A process that was in its cgroup before
+ * the watch (neither its fork nor an exec seen) is tracked from its first switch on. */
+static __always_inline void sample_leaving_task(void)
+{
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
+    if (!config)
+        return;
+    u64 key = current_mm();
+    if (!key)
+        return;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct process_info *process = find_process(tgid);
+    if (!process) {
+        track_process(tgid, 0, cgroup_id, config->memory_slot);
+        process = find_process(tgid);
+        if (!process)
+            return;
+    }
+    sample_process_rss(process, tgid, key);
+}
+
+/* At a timer interrupt: the running task's RSS if it is a tracked process. The process table's array is the
+ * filter here (one array element), not the cgroup lookup: in an interrupt little of what a program touches is
+ * in the cache, and the cgroup id and hash lookup alone cost ~350 ns a run. A process in the overflow hash
+ * (only where pid_max > 32768) is sampled at its context switches only. */
+static __always_inline void sample_running_task(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (tgid == 0)
+        return;  /* the idle task (and 0 marks a free slot) */
+    struct process_info *process = find_process_slot(tgid);
+    if (!process)
+        return;
+    u64 key = current_mm();
+    if (key)
+        sample_process_rss(process, tgid, key);
 }
 
 /*

@@ -149,7 +149,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 {
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
-    return config->spike_threshold;
+    return config->watch_serial;
 }
 """,
     "uncompilable": "TRACEPOINT_PROBE(sched, sched_process_free) { return no_such_variable; }\n",
