@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from hostwarden.bpf.monitor import RUN_TIME_STATS_MODES
+from hostwarden.bpf.programs import RssSource
 from hostwarden.endpoints import DEFAULT_SOCKET
 
 DEFAULT_CONFIG_PATH = Path("/etc/hostwarden/hostwarden.toml")
+RSS_SOURCES = tuple(source.value for source in RssSource)
 DEFAULT_METRICS_PORT = 9477
 
 
@@ -44,6 +46,8 @@ class BpfConfig:
     enabled: bool = True
     # When the kernel counts the programs' run time (their cost metrics): see RUN_TIME_STATS_MODES.
     run_time_stats: str = "sampled"
+    # How processes' RSS is counted where there is no memory.peak (RssSource: docs/bpf.md).
+    rss: str = RssSource.SAMPLED.value
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ def parse_config(text: str, source: str) -> Config:
     if config.bpf.run_time_stats not in RUN_TIME_STATS_MODES:
         raise ConfigError(f"bpf.run_time_stats: expected one of {', '.join(RUN_TIME_STATS_MODES)}, "
                           f"got {config.bpf.run_time_stats!r}")
+    if config.bpf.rss not in RSS_SOURCES:
+        raise ConfigError(f"bpf.rss: expected one of {', '.join(RSS_SOURCES)}, got {config.bpf.rss!r}")
     if config.daemon.event_queue_size < 1:
         raise ConfigError("daemon.event_queue_size: must be at least 1")
     if config.daemon.tcp_address and not (config.daemon.tls_cert and config.daemon.tls_key

@@ -38,6 +38,7 @@ from hostwarden.bpf import (
     ReclaimEvent,
     SpikeEvent,
 )
+from hostwarden.bpf.programs import RssSource
 from hostwarden.capabilities import Capability
 from hostwarden.cgroups.tree import AGENT_LEAF
 from hostwarden.service import Observer, RunningCall, Sandbox
@@ -93,9 +94,10 @@ class BpfBackend(Protocol):
 BackendFactory = Callable[[Callable[[BpfEvent], None]], BpfBackend]
 
 
-def default_backend(on_event: Callable[[BpfEvent], None], run_time_stats: str = "sampled") -> BpfBackend:
+def default_backend(on_event: Callable[[BpfEvent], None], run_time_stats: str = "sampled",
+                    rss: str = RssSource.SAMPLED.value) -> BpfBackend:
     return BpfMonitor(on_event, event_kinds=MONITOR_EVENT_KINDS, dedup_execs=MONITOR_DEDUP_EXECS,
-                      run_time_stats=run_time_stats)
+                      run_time_stats=run_time_stats, rss_sampling=rss == RssSource.SAMPLED.value)
 
 
 def spike_threshold_for(call: RunningCall) -> int | None:
@@ -380,4 +382,5 @@ def build_monitor(daemon: Daemon) -> Monitor | None:
     """The monitor part, unless `[bpf] enabled = false`."""
     if not daemon.config.bpf.enabled:
         return None
-    return Monitor(daemon, functools.partial(default_backend, run_time_stats=daemon.config.bpf.run_time_stats))
+    return Monitor(daemon, functools.partial(default_backend, run_time_stats=daemon.config.bpf.run_time_stats,
+                                             rss=daemon.config.bpf.rss))

@@ -182,3 +182,16 @@ def test_config_unknown_mode_names_the_key_and_the_modes():
 def test_config_mode_must_be_a_string():
     with pytest.raises(ConfigError, match=r"bpf\.run_time_stats: expected a string"):
         parse_config("[bpf]\nrun_time_stats = 1\n", "x.toml")
+
+
+# ---- [bpf] rss ----------------------------------------------------------------------------------
+
+
+def test_config_rss_default_is_sampled_and_both_ways_parse():
+    assert parse_config("", "x.toml").bpf.rss == "sampled"
+    assert parse_config('[bpf]\nrss = "every_change"\n', "x.toml").bpf.rss == "every_change"
+
+
+def test_config_unknown_rss_way_names_the_key_and_the_ways():
+    with pytest.raises(ConfigError, match=r"bpf\.rss: expected one of sampled, every_change, got 'sometimes'"):
+        parse_config('[bpf]\nrss = "sometimes"\n', "x.toml")
