@@ -225,14 +225,17 @@ class PercpuCounterLayout:
 @dataclass(frozen=True)
 class RssLayout:
     """Where an mm's RSS counters are: counter `member` at mm_struct.rss_stat + member * counter_size; atomic
-    longs before 6.2, percpu counters (`percpu`) from 6.2."""
+    longs before 6.2, percpu counters (`percpu`) from 6.2. `task_vfork_done` tells a vfork child, which runs in
+    its parent's mm until it execs."""
 
     mm_rss_stat: int
     counter_size: int
     percpu: PercpuCounterLayout | None
+    task_vfork_done: int
 
     def cflags(self, page_size: int, possible_cpus: int) -> list[str]:
-        flags = ["-DRSS_SAMPLING", f"-DMM_RSS_STAT_OFFSET={self.mm_rss_stat}",
+        flags = ["-DRSS_SAMPLING", f"-DTASK_VFORK_DONE_OFFSET={self.task_vfork_done}",
+                 f"-DMM_RSS_STAT_OFFSET={self.mm_rss_stat}",
                  f"-DRSS_COUNTER_SIZE={self.counter_size}", f"-DRSS_PAGE_SHIFT={page_size.bit_length() - 1}"]
         if self.percpu is None:
             return flags
@@ -283,6 +286,7 @@ _RSS_COUNTERS = 4
 def rss_layout(btf: Btf) -> RssLayout:
     """Where mm_struct keeps its RSS counters; BtfError when that, or (for percpu counters) the way to each CPU's
     part, is missing."""
+    vfork_done = _member_of_size(btf, btf.find("task_struct", KIND_STRUCT), "vfork_done", 8)
     mm_rss_stat, stat_type = btf.member(btf.find("mm_struct", KIND_STRUCT), "rss_stat")
     stat = btf.type(btf.resolve(stat_type))
     if stat.kind == KIND_STRUCT:  # before 6.2: struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
@@ -291,7 +295,7 @@ def rss_layout(btf: Btf) -> RssLayout:
         if count < _RSS_COUNTERS or btf.size(element) != 8:
             raise BtfError(f"mm_rss_stat.count is {count} counters of {btf.size(element)} bytes, "
                            f"not at least {_RSS_COUNTERS} of 8")
-        return RssLayout(mm_rss_stat + count_offset, 8, None)
+        return RssLayout(mm_rss_stat + count_offset, 8, None, vfork_done)
     element, count = btf.array(btf.resolve(stat_type))
     counter = btf.resolve(element)
     if btf.type(counter).name != "percpu_counter" or count < _RSS_COUNTERS:
@@ -304,7 +308,7 @@ def rss_layout(btf: Btf) -> RssLayout:
         # The program copies the counters into 8-byte words and takes these fields from them.
         raise BtfError(f"percpu_counter is {btf.size(element)} bytes with count at {percpu.count} and counters at "
                        f"{percpu.counters}: not all multiples of 8")
-    return RssLayout(mm_rss_stat, btf.size(element), percpu)
+    return RssLayout(mm_rss_stat, btf.size(element), percpu, vfork_done)
 
 
 def cpu_offset_anchor(btf: Btf) -> CpuOffsetAnchor:

@@ -78,8 +78,9 @@ struct process_info {
     u32 tgid;         /* in process_slots: 0 marks a free slot */
     u32 ppid;         /* 0: unknown (the process entered the cgroup from outside) */
     u64 cgroup_id;
-    u64 mm;           /* the mm the RSS sampler last saw it use (rss.bpf.c); 0: none */
-    u32 memory_slot;  /* its cgroup's watch_config.memory_slot */
+    u64 rss;            /* sampled RSS (rss.bpf.c): the bytes counted for it in memory_cgroup */
+    u64 memory_cgroup;  /* where its RSS is counted: the cgroup it was first tracked in, */
+    u32 memory_slot;    /* and that cgroup's watch_config.memory_slot */
     u32 unused;
 };
 
@@ -140,11 +141,13 @@ static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, u32
         slot->tgid = tgid;
         slot->ppid = ppid;
         slot->cgroup_id = cgroup_id;
-        slot->mm = 0;
+        slot->rss = 0;
+        slot->memory_cgroup = cgroup_id;
         slot->memory_slot = memory_slot;
         return;
     }
-    struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id, .memory_slot = memory_slot};
+    struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id, .memory_cgroup = cgroup_id,
+                                .memory_slot = memory_slot};
     process_overflow.update(&tgid, &info);
 }
 

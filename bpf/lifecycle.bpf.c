@@ -114,7 +114,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct process_info *known = find_process(tgid);
     if (known) {
         known->cgroup_id = cgroup_id;
-        known->memory_slot = config->memory_slot;
         ppid = known->ppid;
     } else {
         /* A process attached to the cgroup from outside is tracked from its first exec on. */
@@ -190,7 +189,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u32 ppid = 0;
     if (known) {
         ppid = known->ppid;
-        release_process_rss(known, tgid);
+        release_process_rss(known);
         forget_process(tgid);
     }
     if (!event_is_wanted(EVENT_EXIT))

@@ -21,6 +21,100 @@ RAW_TRACEPOINT_PROBE(hrtimer_expire_entry)
 
 #endif
 
+/* Every change: the last value of each counter of each mm, charged to the cgroup its owner ran in when the mm
+ * was first seen. */
+struct mm_rss {
+    s64 file;         /* bytes */
+    s64 anon;
+    s64 shmem;
+    u64 cgroup_id;
+    u64 key;          /* the tracepoint's mm_id; in mm_slots 0 marks a free slot */
+    u32 memory_slot;  /* its cgroup's, when the mm was first seen */
+    u32 unused;
+    struct rss_owner owner;  /* the process the mm was first seen from */
+};
+
+/*
+ * The mms of watched processes, like the process table (common.bpf.c): each in the array slot its key
+ * hashes to (plain memory, inlined lookup), or in the overflow LRU when a live mm holds that slot. An mm
+ * leaves its slot when its counters reach 0; a slot whose owner cgroup is no longer watched may be taken over,
+ * so an mm whose end was never seen does not hold it forever.
+ */
+#ifndef MM_SLOTS  /* a test defines a smaller table to exercise the overflow */
+#define MM_SLOTS 16384
+#endif
+
+BPF_ARRAY(mm_slots, struct mm_rss, MM_SLOTS);
+BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
+/* Entries put in mm_overflow minus those deleted: while 0 (the usual case) a key missing from its slot is not
+ * looked up there, which saves a hash lookup on most runs. An LRU eviction leaves it high: lookups, never misses. */
+BPF_ARRAY(mm_overflow_entries, s64, 1);
+
+static __always_inline u32 mm_slot_index(u64 key)
+{
+    /* Fibonacci hashing: mm addresses are slab-aligned, so their low bits alone would crowd a few slots. */
+    return (u32)((key * 0x9E3779B97F4A7C15ULL) >> 32) % MM_SLOTS;
+}
+
+static __always_inline s64 *overflow_entries(void)
+{
+    u32 zero = 0;
+    return mm_overflow_entries.lookup(&zero);
+}
+
+static __always_inline struct mm_rss *find_mm(u64 key)
+{
+    u32 index = mm_slot_index(key);
+    struct mm_rss *slot = mm_slots.lookup(&index);
+    if (slot && slot->key == key)
+        return slot;
+    s64 *entries = overflow_entries();
+    if (!entries || *entries <= 0)
+        return 0;
+    return mm_overflow.lookup(&key);
+}
+
+/* A new mm of the current task, charged to watched cgroup `cgroup_id` (its `memory_slot`), with zero counters. */
+static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, u32 memory_slot)
+{
+    u32 index = mm_slot_index(key);
+    struct mm_rss *slot = mm_slots.lookup(&index);
+    if (!slot)
+        return 0;  /* cannot happen (index < MM_SLOTS); the verifier wants the check */
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (slot->key == 0 || !memory_of(slot->memory_slot, slot->cgroup_id)) {
+        slot->file = 0;
+        slot->anon = 0;
+        slot->shmem = 0;
+        slot->cgroup_id = cgroup_id;
+        slot->owner.tgid = tgid;
+        slot->memory_slot = memory_slot;
+        slot->key = key;
+        bpf_get_current_comm(&slot->owner.comm, sizeof(slot->owner.comm));
+        return slot;
+    }
+    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .owner.tgid = tgid, .memory_slot = memory_slot};
+    bpf_get_current_comm(&fresh.owner.comm, sizeof(fresh.owner.comm));
+    s64 *entries = overflow_entries();
+    if (!entries || mm_overflow.insert(&key, &fresh) != 0)
+        return 0;
+    __sync_fetch_and_add(entries, 1);
+    return mm_overflow.lookup(&key);
+}
+
+static __always_inline void forget_mm(struct mm_rss *mm, u64 key)
+{
+    u32 index = mm_slot_index(key);
+    struct mm_rss *slot = mm_slots.lookup(&index);
+    if (slot == mm) {
+        slot->key = 0;
+        return;
+    }
+    s64 *entries = overflow_entries();
+    if (mm_overflow.delete(&key) == 0 && entries)
+        __sync_fetch_and_add(entries, -1);
+}
+
 /* Records that counter `member` of `mm` is now `size` bytes; returns the change. */
 static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 size)
 {
@@ -29,7 +123,7 @@ static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 siz
         return 0;  /* nothing changed (a swap-in, a counter moved back): no atomic exchange */
     s64 delta = size - __sync_lock_test_and_set(counter, size);
     if (delta != 0)
-        add_to_owner(mm, delta);
+        add_to_cgroup(mm->memory_slot, mm->cgroup_id, delta, &mm->owner);
     return delta;
 }
 

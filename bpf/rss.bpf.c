@@ -1,15 +1,15 @@
 /*
  * Resident memory of watched cgroups (a library unit: the loader compiles it after common.bpf.c, before the
- * programs). Each mm of a watched process is counted once, in the cgroup its owner ran in when it was first
- * seen; a cgroup's RSS is the sum of its mms' and is checked against the cgroup's spike threshold. This works
- * without a memory controller: it counts file, anon and shmem pages mapped by the cgroup's processes (swap
- * entries excluded).
+ * programs). A watched cgroup's RSS is the summed RSS of its processes, checked against the cgroup's spike
+ * threshold. This works without a memory controller: it counts file, anon and shmem pages mapped by the
+ * processes (swap entries excluded).
  *
- * Two ways to learn an mm's RSS (memory.bpf.c), chosen by the loader (monitor.py):
- * - RSS_SAMPLING: read the mm's counters (offsets from BTF, btf.py) when a watched task leaves a CPU, at timer
- *   interrupts while one runs, and when a process exits. The kernel changes these counters about 77 times in
- *   a short process's life; a program on each change (kmem:rss_stat) cost more than 2 % of a fork/exec load.
- * - otherwise, kmem:rss_stat: every change, with the exact sum its record carries.
+ * Two ways to learn it, chosen by the loader (monitor.py; docs/bpf.md):
+ * - RSS_SAMPLING: each tracked process's mm counters are read (offsets from BTF, btf.py) when it leaves a CPU
+ *   and at timer interrupts while it runs; its last sample is counted in the process table's entry and leaves
+ *   the cgroup with the process. The kernel changes these counters about 77 times in a short process's life; a
+ *   program on each change (kmem:rss_stat) cost more than 2 % of a fork/exec load.
+ * - otherwise kmem:rss_stat (memory.bpf.c): every change, with the exact sum its record carries, kept per mm.
  */
 
 /* The kernel's MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES (rss_stat's `member`), under names of our own:
@@ -26,7 +26,7 @@
 struct cgroup_memory {
     s64 rss;
     s64 peak;
-    u64 cgroup_id;    /* the slot's cgroup; 0: free. An mm of an unwatched cgroup no longer matches it */
+    u64 cgroup_id;    /* the slot's cgroup; 0: free. A process or mm of an unwatched cgroup no longer matches it */
 };
 
 /* A watched cgroup's spike threshold, in the same slot: written by user space (watch(), set_threshold()), except
@@ -37,130 +37,43 @@ struct cgroup_spike {
     u64 cgroup_id;
 };
 
-struct mm_rss {
-    s64 file;         /* kmem:rss_stat: the last value of each counter, in bytes */
-    s64 anon;
-    s64 shmem;
-    s64 rss;          /* sampling: the sum at the last sample, in bytes */
-    u64 cgroup_id;
-    u64 key;          /* the mm's address (sampling) or mm_id (kmem:rss_stat); in mm_slots 0 marks a free slot */
-    u32 tgid;         /* the owner: the process the mm was first seen from */
-    u32 memory_slot;  /* its cgroup's, when the mm was first seen */
-    char comm[16];
-};
-
-/*
- * The mms of watched processes, like the process table (common.bpf.c): each in the array slot its key
- * hashes to (plain memory, inlined lookup), or in the overflow LRU when a live mm holds that slot. An mm
- * leaves its slot when its owner exits (sampling) or its counters reach 0 (kmem:rss_stat); a slot whose owner
- * cgroup is no longer watched may be taken over, so an mm whose end was never seen does not hold it forever.
- */
-#ifndef MM_SLOTS  /* a test defines a smaller table to exercise the overflow */
-#define MM_SLOTS 16384
-#endif
-
-BPF_ARRAY(mm_slots, struct mm_rss, MM_SLOTS);
-BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
-/* Entries put in mm_overflow minus those deleted: while 0 (the usual case) a key missing from its slot is not
- * looked up there, which saves a hash lookup on most runs. An LRU eviction leaves it high: lookups, never misses. */
-BPF_ARRAY(mm_overflow_entries, s64, 1);
 BPF_ARRAY(cgroup_memory, struct cgroup_memory, MAX_WATCHED_CGROUPS);
 BPF_ARRAY(cgroup_spike, struct cgroup_spike, MAX_WATCHED_CGROUPS);
 
-/* The entry of the cgroup that owns `mm`; NULL once that cgroup is no longer watched. */
-static __always_inline struct cgroup_memory *owner_memory(struct mm_rss *mm)
+/* Slot `memory_slot`'s entry while it still belongs to cgroup `cgroup_id`, else NULL. */
+static __always_inline struct cgroup_memory *memory_of(u32 memory_slot, u64 cgroup_id)
 {
-    u32 index = mm->memory_slot;
-    struct cgroup_memory *memory = cgroup_memory.lookup(&index);
-    return memory && memory->cgroup_id == mm->cgroup_id ? memory : 0;
+    struct cgroup_memory *memory = cgroup_memory.lookup(&memory_slot);
+    return memory && memory->cgroup_id == cgroup_id ? memory : 0;
 }
 
-static __always_inline u32 mm_slot_index(u64 key)
-{
-    /* Fibonacci hashing: mm addresses are slab-aligned, so their low bits alone would crowd a few slots. */
-    return (u32)((key * 0x9E3779B97F4A7C15ULL) >> 32) % MM_SLOTS;
-}
+/* Names the process that grew: the owner of a shared counter's mm, else (NULL) the current task. */
+struct rss_owner {
+    u32 tgid;
+    char comm[16];
+};
 
-static __always_inline s64 *overflow_entries(void)
-{
-    u32 zero = 0;
-    return mm_overflow_entries.lookup(&zero);
-}
-
-static __always_inline struct mm_rss *find_mm(u64 key)
-{
-    u32 index = mm_slot_index(key);
-    struct mm_rss *slot = mm_slots.lookup(&index);
-    if (slot && slot->key == key)
-        return slot;
-    s64 *entries = overflow_entries();
-    if (!entries || *entries <= 0)
-        return 0;
-    return mm_overflow.lookup(&key);
-}
-
-/* A new mm of the current task, charged to watched cgroup `cgroup_id` (its `memory_slot`), with zero counters. */
-static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, u32 memory_slot)
-{
-    u32 index = mm_slot_index(key);
-    struct mm_rss *slot = mm_slots.lookup(&index);
-    if (!slot)
-        return 0;  /* cannot happen (index < MM_SLOTS); the verifier wants the check */
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (slot->key == 0 || !owner_memory(slot)) {
-        slot->file = 0;
-        slot->anon = 0;
-        slot->shmem = 0;
-        slot->rss = 0;
-        slot->cgroup_id = cgroup_id;
-        slot->tgid = tgid;
-        slot->memory_slot = memory_slot;
-        slot->key = key;
-        bpf_get_current_comm(&slot->comm, sizeof(slot->comm));
-        return slot;
-    }
-    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .tgid = tgid, .memory_slot = memory_slot};
-    bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-    s64 *entries = overflow_entries();
-    if (!entries || mm_overflow.insert(&key, &fresh) != 0)
-        return 0;
-    __sync_fetch_and_add(entries, 1);
-    return mm_overflow.lookup(&key);
-}
-
-static __always_inline void forget_mm(struct mm_rss *mm, u64 key)
-{
-    u32 index = mm_slot_index(key);
-    struct mm_rss *slot = mm_slots.lookup(&index);
-    if (slot == mm) {
-        slot->key = 0;
-        return;
-    }
-    s64 *entries = overflow_entries();
-    if (mm_overflow.delete(&key) == 0 && entries)
-        __sync_fetch_and_add(entries, -1);
-}
-
-static __always_inline void report_spike(struct mm_rss *mm, u64 cgroup_id, s64 rss, u64 threshold)
+static __always_inline void report_spike(struct rss_owner *owner, u64 cgroup_id, s64 rss, u64 threshold)
 {
     struct event *event = reserve_event(EVENT_SPIKE, cgroup_id, sizeof(struct event));
     if (!event)
         return;
-    if (event->tgid != mm->tgid) {
+    if (owner && event->tgid != owner->tgid) {
         /* Counters changed from another process (fork, reclaim, teardown): name the mm's owner instead. */
-        event->pid = mm->tgid;
-        event->tgid = mm->tgid;
-        __builtin_memcpy(event->comm, mm->comm, sizeof(event->comm));
+        event->pid = owner->tgid;
+        event->tgid = owner->tgid;
+        __builtin_memcpy(event->comm, owner->comm, sizeof(event->comm));
     }
     event->value0 = rss;
     event->value1 = threshold;
     events.ringbuf_submit(event, 0);
 }
 
-/* Adds an mm's change to its owner cgroup's RSS (unless no longer watched) and reports a crossing on growth. */
-static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta)
+/* Adds `delta` bytes to watched cgroup `cgroup_id`'s RSS (its slot `memory_slot`; nothing once it is no longer
+ * watched) and reports a crossing on growth. */
+static __always_inline void add_to_cgroup(u32 memory_slot, u64 cgroup_id, s64 delta, struct rss_owner *owner)
 {
-    struct cgroup_memory *memory = owner_memory(mm);
+    struct cgroup_memory *memory = memory_of(memory_slot, cgroup_id);
     if (!memory)
         return;
     s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
@@ -168,14 +81,23 @@ static __always_inline void add_to_owner(struct mm_rss *mm, s64 delta)
         memory->peak = rss;
     if (delta <= 0)
         return;
-    u32 index = mm->memory_slot;
-    struct cgroup_spike *spike = cgroup_spike.lookup(&index);
-    if (!spike || spike->cgroup_id != mm->cgroup_id || spike->threshold == 0)
+    struct cgroup_spike *spike = cgroup_spike.lookup(&memory_slot);
+    if (!spike || spike->cgroup_id != cgroup_id || spike->threshold == 0)
         return;
     s64 threshold = spike->threshold;
     /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
     if (rss >= threshold && __sync_lock_test_and_set(&spike->fired, 1) == 0)
-        report_spike(mm, mm->cgroup_id, rss, threshold);
+        report_spike(owner, cgroup_id, rss, threshold);
+}
+
+/* At the exit of a tracked process (lifecycle.bpf.c): its sampled RSS leaves its cgroup (0 where RSS is counted
+ * per mm instead: kmem:rss_stat sees the mm's counters fall to 0). No last sample is taken: it cost about 370 ns
+ * per exit here, more than the rest of the exit program (docs/bpf.md). */
+static __always_inline void release_process_rss(struct process_info *process)
+{
+    s64 counted = __sync_lock_test_and_set(&process->rss, 0);
+    if (counted)
+        add_to_cgroup(process->memory_slot, process->memory_cgroup, -counted, 0);
 }
 
 #ifdef RSS_SAMPLING
@@ -299,41 +221,22 @@ static __always_inline s64 resident_pages(u64 mm)
 
 #endif
 
-/* Takes the mm `key` out of its cgroup's RSS if process `tgid` owns it (a process sharing another's mm does
- * not). */
-static __always_inline void forget_owned_mm(u64 key, u32 tgid)
+/*
+ * Reads the RSS of the current task's mm and counts it for its process (entry `process`): the change since the
+ * process's last sample goes to its cgroup. An exec's new mm simply replaces the old one's value.
+ */
+static __always_inline void sample_process_rss(struct process_info *process)
 {
-    struct mm_rss *mm = find_mm(key);
-    if (!mm || mm->tgid != tgid)
-        return;
-    add_to_owner(mm, -__sync_lock_test_and_set(&mm->rss, 0));
-    forget_mm(mm, key);
-}
-
-/* Reads the RSS of mm `key`, used by tracked process `tgid` (its entry `process` remembers the mm: when that
- * changes (exec), the old one is forgotten; at the process's exit, the last one: release_process_rss). */
-static __always_inline void sample_process_rss(struct process_info *process, u32 tgid, u64 key)
-{
-    if (process->mm != key) {
-        if (process->mm)
-            forget_owned_mm(process->mm, tgid);
-        process->mm = key;
-    }
-    struct mm_rss *mm = find_mm(key);
-    if (!mm) {
-        mm = track_mm(key, process->cgroup_id, process->memory_slot);
-        if (!mm)
-            return;
-    }
-    s64 rss = resident_pages(key) << RSS_PAGE_SHIFT;
-    s64 delta = rss - __sync_lock_test_and_set(&mm->rss, rss);
+    u64 task = bpf_get_current_task();
+    if (read_kernel_u64(task + TASK_VFORK_DONE_OFFSET))
+        return;  /* a vfork child before its exec runs in its parent's mm, which the parent's samples count */
+    u64 mm = read_kernel_u64(task + TASK_MM_OFFSET);
+    if (!mm)
+        return;  /* a kernel thread, or a task past exit_mm() */
+    s64 rss = resident_pages(mm) << RSS_PAGE_SHIFT;
+    s64 delta = rss - (s64)__sync_lock_test_and_set(&process->rss, rss);
     if (delta != 0)
-        add_to_owner(mm, delta);
-}
-
-static __always_inline u64 current_mm(void)
-{
-    return read_kernel_u64(bpf_get_current_task() + TASK_MM_OFFSET);  /* 0: a kernel thread, or past exit_mm() */
+        add_to_cgroup(process->memory_slot, process->memory_cgroup, delta, 0);
 }
 
 /* At a context switch: the leaving task's RSS if its cgroup is watched. A process that was in its cgroup before
@@ -344,9 +247,6 @@ static __always_inline void sample_leaving_task(void)
     struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
     if (!config)
         return;
-    u64 key = current_mm();
-    if (!key)
-        return;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct process_info *process = find_process(tgid);
     if (!process) {
@@ -355,7 +255,7 @@ static __always_inline void sample_leaving_task(void)
         if (!process)
             return;
     }
-    sample_process_rss(process, tgid, key);
+    sample_process_rss(process);
 }
 
 /* At a timer interrupt: the running task's RSS if it is a tracked process. The process table's array is the
@@ -368,28 +268,8 @@ static __always_inline void sample_running_task(void)
     if (tgid == 0)
         return;  /* the idle task (and 0 marks a free slot) */
     struct process_info *process = find_process_slot(tgid);
-    if (!process)
-        return;
-    u64 key = current_mm();
-    if (key)
-        sample_process_rss(process, tgid, key);
-}
-
-/*
- * At the exit of tracked process `tgid` (lifecycle.bpf.c): its mm leaves its cgroup's RSS. No last sample is
- * taken: it cost about 370 ns per exit here (cold per-CPU parts, two hash lookups), more than the rest of the
- * exit program; a process that exits before its first sample is not counted (docs/bpf.md).
- */
-static __always_inline void release_process_rss(struct process_info *process, u32 tgid)
-{
-    if (process->mm)
-        forget_owned_mm(process->mm, tgid);
-}
-
-#else
-
-static __always_inline void release_process_rss(struct process_info *process, u32 tgid)
-{
+    if (process)
+        sample_process_rss(process);
 }
 
 #endif

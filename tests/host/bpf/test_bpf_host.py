@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hostwarden.bpf import BpfMonitor, BpfMonitorError, EventKind, ProcessEvent, SpikeEvent
-from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, RSS_UNIT, ProgramSpec, Tracepoint, packaged_unit
+from hostwarden.bpf.programs import COMMON_UNIT, DEFAULT_PROGRAMS, ProgramSpec, Tracepoint, packaged_unit
 from tests.host.bpf.bpf_helpers import SHELL, EventLog, join_cgroup
 
 
@@ -225,12 +225,20 @@ HOLD = "import sys; b = bytearray(int(sys.argv[1])); b[::4096] = b'x' * len(b[::
 MEMORY_PROGRAMS = [spec for spec in DEFAULT_PROGRAMS if spec.unit in ("memory", "lifecycle")]
 
 
+SMALL_TABLES = {
+    # Sampled: counted per process, in the process table: two slots, the rest in its overflow hash.
+    True: (COMMON_UNIT, "#define PROCESS_SLOTS 2\n#define MAX_OVERFLOW_PROCESSES 16\n"),
+    # Every change: counted per mm: two slots, the rest in the mm overflow LRU.
+    False: ("memory", "#define MM_SLOTS 2\n"),
+}
+
+
 @pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "every-change"])
-def test_rss_of_mms_beyond_the_slot_table_is_summed_exactly_and_released(cgroups, sampled: bool):
-    # Two slots for the mms of the watched processes: most go to the overflow LRU, and the sum must still
-    # add up and fall back to about zero when they exit (a lost entry would leave its bytes counted).
-    small_slots = "#define MM_SLOTS 2\n" + packaged_unit(RSS_UNIT)
-    small = BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, extra_units={RSS_UNIT: small_slots},
+def test_rss_beyond_the_slot_tables_is_summed_exactly_and_released(cgroups, sampled: bool):
+    # Most holders' RSS is counted in an overflow table, and the sum must still add up and fall back to about
+    # zero when they exit (a lost entry would leave its bytes counted).
+    unit, defines = SMALL_TABLES[sampled]
+    small = BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, extra_units={unit: defines + packaged_unit(unit)},
                        rss_sampling=sampled)
     try:
         statuses = small.start()

@@ -269,7 +269,7 @@ def test_a_percpu_section_entry_that_is_not_a_variable_is_refused():
 
 # ---- kernel_layout on synthetic kernels ------------------------------------------------------
 
-TASK_MM, TASK_EXIT_CODE, TASK_SE, SE_CFS_RQ, CFS_RQ_RQ, RQ_CPU = 1136, 1164, 128, 168, 312, 2984
+TASK_MM, TASK_EXIT_CODE, TASK_SE, SE_CFS_RQ, CFS_RQ_RQ, RQ_CPU, TASK_VFORK_DONE = 1136, 1164, 128, 168, 312, 2984, 2040
 MM_RSS_STAT, ANON_AT = 960, 64
 RUNQUEUES, THIS_CPU_OFF, CPU_NUMBER = 178816, 86056, 86068
 
@@ -303,8 +303,8 @@ def synthetic_kernel(*, percpu_counters: bool = True, exit_code: bool = True, fa
     if fair_group_sched:
         entity_members.append(("cfs_rq", e.ptr(cfs_rq), SE_CFS_RQ * 8))
     entity = e.struct("sched_entity", 256, entity_members)
-    task_members: list[Member] = [("__state", u32, 192), ("se", entity, TASK_SE * 8), ("mm", e.ptr(mm_struct),
-                                                                                       TASK_MM * 8)]
+    task_members: list[Member] = [("__state", u32, 192), ("se", entity, TASK_SE * 8),
+                                  ("mm", e.ptr(mm_struct), TASK_MM * 8), ("vfork_done", s32_ptr, TASK_VFORK_DONE * 8)]
     if exit_code:
         task_members.append(("exit_code", int_t, TASK_EXIT_CODE * 8))
     e.struct("task_struct", 9000, task_members)
@@ -320,10 +320,11 @@ ANCHOR = CpuOffsetAnchor(task_cfs_rq=TASK_SE + SE_CFS_RQ, cfs_rq_rq=CFS_RQ_RQ, r
 def test_layout_of_a_linux_6_2_kernel_sums_percpu_counters_with_offsets_found_from_runqueues():
     layout = kernel_layout(Btf(synthetic_kernel()))
     assert layout == KernelLayout(task_mm=TASK_MM, task_exit_code=TASK_EXIT_CODE,
-                                  rss=RssLayout(MM_RSS_STAT, 40, PercpuCounterLayout(8, 32, ANCHOR)))
+                                  rss=RssLayout(MM_RSS_STAT, 40, PercpuCounterLayout(8, 32, ANCHOR), TASK_VFORK_DONE))
     assert layout.cflags(4096, 8) == [
         "-DKERNEL_LAYOUT", f"-DTASK_MM_OFFSET={TASK_MM}", f"-DTASK_EXIT_CODE_OFFSET={TASK_EXIT_CODE}",
-        "-DRSS_SAMPLING", f"-DMM_RSS_STAT_OFFSET={MM_RSS_STAT}", "-DRSS_COUNTER_SIZE=40", "-DRSS_PAGE_SHIFT=12",
+        "-DRSS_SAMPLING", f"-DTASK_VFORK_DONE_OFFSET={TASK_VFORK_DONE}", f"-DMM_RSS_STAT_OFFSET={MM_RSS_STAT}",
+        "-DRSS_COUNTER_SIZE=40", "-DRSS_PAGE_SHIFT=12",
         "-DRSS_PERCPU", "-DRSS_CPUS=8", "-DPERCPU_COUNTER_COUNT_OFFSET=8", "-DPERCPU_COUNTER_COUNTERS_OFFSET=32",
         f"-DTASK_CFS_RQ_OFFSET={TASK_SE + SE_CFS_RQ}", f"-DCFS_RQ_RQ_OFFSET={CFS_RQ_RQ}", f"-DRQ_CPU_OFFSET={RQ_CPU}",
         f"-DPCPU_RUNQUEUES={RUNQUEUES}", f"-DPCPU_THIS_CPU_OFF={THIS_CPU_OFF}", f"-DPCPU_CPU_NUMBER={CPU_NUMBER}"]
@@ -332,9 +333,10 @@ def test_layout_of_a_linux_6_2_kernel_sums_percpu_counters_with_offsets_found_fr
 
 def test_layout_of_a_linux_6_1_kernel_reads_atomic_counters():
     layout = kernel_layout(Btf(synthetic_kernel(percpu_counters=False)))
-    assert layout.rss == RssLayout(MM_RSS_STAT, 8, None)
-    assert layout.cflags(4096, 8)[3:] == ["-DRSS_SAMPLING", f"-DMM_RSS_STAT_OFFSET={MM_RSS_STAT}",
-                                          "-DRSS_COUNTER_SIZE=8", "-DRSS_PAGE_SHIFT=12"]
+    assert layout.rss == RssLayout(MM_RSS_STAT, 8, None, TASK_VFORK_DONE)
+    assert layout.cflags(4096, 8)[3:] == ["-DRSS_SAMPLING", f"-DTASK_VFORK_DONE_OFFSET={TASK_VFORK_DONE}",
+                                          f"-DMM_RSS_STAT_OFFSET={MM_RSS_STAT}", "-DRSS_COUNTER_SIZE=8",
+                                          "-DRSS_PAGE_SHIFT=12"]
 
 
 def test_cpu_number_is_a_check_only_where_the_kernel_has_it():
