@@ -13,7 +13,7 @@ TRACEPOINT_PROBE(task, task_newtask)
         return 0;
     u32 child = args->pid;
     u32 parent = bpf_get_current_pid_tgid() >> 32;
-    track_process(child, parent, cgroup_id, config->memory_slot);
+    track_process(child, parent, cgroup_id, config->memory_ref);
     struct event *event = reserve_event(EVENT_FORK, cgroup_id, sizeof(struct event));
     if (!event)
         return 0;
@@ -117,7 +117,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         ppid = known->ppid;
     } else {
         /* A process attached to the cgroup from outside is tracked from its first exec on. */
-        track_process(tgid, 0, cgroup_id, config->memory_slot);
+        track_process(tgid, 0, cgroup_id, config->memory_ref);
     }
     if (!event_is_wanted(EVENT_EXEC))
         return 0;

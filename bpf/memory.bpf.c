@@ -27,10 +27,8 @@ struct mm_rss {
     s64 file;         /* bytes */
     s64 anon;
     s64 shmem;
-    u64 cgroup_id;
+    u64 memory_ref;   /* of the cgroup the mm was first seen in */
     u64 key;          /* the tracepoint's mm_id; in mm_slots 0 marks a free slot */
-    u32 memory_slot;  /* its cgroup's, when the mm was first seen */
-    u32 unused;
     struct rss_owner owner;  /* the process the mm was first seen from */
 };
 
@@ -74,26 +72,25 @@ static __always_inline struct mm_rss *find_mm(u64 key)
     return mm_overflow.lookup(&key);
 }
 
-/* A new mm of the current task, charged to watched cgroup `cgroup_id` (its `memory_slot`), with zero counters. */
-static __always_inline struct mm_rss *track_mm(u64 key, u64 cgroup_id, u32 memory_slot)
+/* A new mm of the current task, charged to the watched cgroup `memory_ref` names, with zero counters. */
+static __always_inline struct mm_rss *track_mm(u64 key, u64 memory_ref)
 {
     u32 index = mm_slot_index(key);
     struct mm_rss *slot = mm_slots.lookup(&index);
     if (!slot)
         return 0;  /* cannot happen (index < MM_SLOTS); the verifier wants the check */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (slot->key == 0 || !memory_of(slot->memory_slot, slot->cgroup_id)) {
+    if (slot->key == 0 || !memory_of(slot->memory_ref)) {
         slot->file = 0;
         slot->anon = 0;
         slot->shmem = 0;
-        slot->cgroup_id = cgroup_id;
+        slot->memory_ref = memory_ref;
         slot->owner.tgid = tgid;
-        slot->memory_slot = memory_slot;
         slot->key = key;
         bpf_get_current_comm(&slot->owner.comm, sizeof(slot->owner.comm));
         return slot;
     }
-    struct mm_rss fresh = {.cgroup_id = cgroup_id, .key = key, .owner.tgid = tgid, .memory_slot = memory_slot};
+    struct mm_rss fresh = {.memory_ref = memory_ref, .key = key, .owner.tgid = tgid};
     bpf_get_current_comm(&fresh.owner.comm, sizeof(fresh.owner.comm));
     s64 *entries = overflow_entries();
     if (!entries || mm_overflow.insert(&key, &fresh) != 0)
@@ -123,7 +120,7 @@ static __always_inline s64 update_counter(struct mm_rss *mm, int member, s64 siz
         return 0;  /* nothing changed (a swap-in, a counter moved back): no atomic exchange */
     s64 delta = size - __sync_lock_test_and_set(counter, size);
     if (delta != 0)
-        add_to_cgroup(mm->memory_slot, mm->cgroup_id, delta, &mm->owner);
+        add_to_cgroup(mm->memory_ref, delta, &mm->owner);
     return delta;
 }
 
@@ -155,7 +152,7 @@ TRACEPOINT_PROBE(kmem, rss_stat)
         if (!mm) {
             if (!own_mm)
                 return 0;
-            mm = track_mm(key, cgroup_id, config->memory_slot);
+            mm = track_mm(key, config->memory_ref);
             if (!mm)
                 return 0;
         }

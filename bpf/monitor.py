@@ -49,6 +49,7 @@ RUN_TIME_STATS_MODES = ("sampled", "always", "off")
 STATS_WINDOW_S = 1.0
 STATS_PERIOD_S = 10.0
 _DETAIL_LINES = 6  # compiler / verifier lines kept in a program's failure detail
+_SLOT_MASK = (1 << 32) - 1  # a memory_ref's slot (rss.bpf.c)
 _CALIBRATION_SWITCH_S = 0.002  # a sleep on each CPU in turn: the calibration program runs at the switch
 
 
@@ -210,8 +211,9 @@ class BpfMonitor:
         self._rss_source = RssSource.EVERY_CHANGE
         self._rss_detail = ""  # how RSS is sampled, or why it is not
         self._watch_serials = itertools.count(1)
-        self._memory_slots: dict[int, int] = {}  # watched cgroup id -> its cgroup_memory entry (rss.bpf.c)
+        self._memory_refs: dict[int, int] = {}  # watched cgroup id -> its memory_ref (rss.bpf.c)
         self._free_memory_slots: list[int] = []
+        self._memory_watches = itertools.count(1)  # the upper half of a memory_ref
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
         self._sys_root = sys_root
@@ -266,7 +268,7 @@ class BpfMonitor:
         self._read_kernel_layout()
         self._bpf, compile_failures = self._compile(bcc, units)
         if self._bpf is not None:
-            self._memory_slots.clear()
+            self._memory_refs.clear()
             self._free_memory_slots = list(reversed(range(self._table("cgroup_memory").max_entries)))
             wanted = self._bpf[b"event_wanted"]
             for kind in self._event_kinds:
@@ -571,16 +573,16 @@ class BpfMonitor:
         _check_threshold(spike_threshold_bytes)
         with self._lock:
             watched, memory = self._table("watched_cgroups"), self._table("cgroup_memory")
-            slot = self._memory_slots.get(cgroup_id)
-            if slot is None:
+            ref = self._memory_refs.get(cgroup_id)
+            if ref is None:
                 if not self._free_memory_slots:
                     raise BpfMonitorError(f"cannot watch cgroup {cgroup_id}: {memory.max_entries} cgroups are "
                                           "watched already, the most the kernel's tables hold")
-                slot = self._free_memory_slots.pop()
-                memory[memory.Key(slot)] = memory.Leaf(0, 0, cgroup_id)
-                self._memory_slots[cgroup_id] = slot
-            self._write_spike(slot, cgroup_id, spike_threshold_bytes)
-            watched[watched.Key(cgroup_id)] = watched.Leaf(next(self._watch_serials), slot)
+                ref = (next(self._memory_watches) % (1 << 32) or 1) << 32 | self._free_memory_slots.pop()
+                memory[memory.Key(ref & _SLOT_MASK)] = memory.Leaf(0, 0, ref)
+                self._memory_refs[cgroup_id] = ref
+            self._write_spike(ref, cgroup_id, spike_threshold_bytes)
+            watched[watched.Key(cgroup_id)] = watched.Leaf(next(self._watch_serials), ref)
             if self._table_known("reclaim_totals"):
                 totals = self._table("reclaim_totals")
                 if totals.Key(cgroup_id) not in totals:
@@ -593,14 +595,14 @@ class BpfMonitor:
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
         with self._lock:
-            slot = self._memory_slots.get(cgroup_id)
-            if slot is None:
+            ref = self._memory_refs.get(cgroup_id)
+            if ref is None:
                 raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
-            self._write_spike(slot, cgroup_id, spike_threshold_bytes)
+            self._write_spike(ref, cgroup_id, spike_threshold_bytes)
 
-    def _write_spike(self, slot: int, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
+    def _write_spike(self, ref: int, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
         spike = self._table("cgroup_spike")
-        spike[spike.Key(slot)] = spike.Leaf(spike_threshold_bytes or 0, 0, cgroup_id)
+        spike[spike.Key(ref & _SLOT_MASK)] = spike.Leaf(spike_threshold_bytes or 0, 0, ref, cgroup_id)
 
     def unwatch(self, cgroup_id: int) -> None:
         """Stop observing a cgroup and drop its kernel-side totals. Unknown ids are ignored."""
@@ -611,12 +613,12 @@ class BpfMonitor:
                     table = self._table(name)
                     with contextlib.suppress(KeyError):
                         del table[table.Key(cgroup_id)]
-            slot = self._memory_slots.pop(cgroup_id, None)
-            if slot is not None:
-                for name in ("cgroup_memory", "cgroup_spike"):  # cgroup 0: the cgroup's mms no longer match them
+            ref = self._memory_refs.pop(cgroup_id, None)
+            if ref is not None:
+                for name in ("cgroup_memory", "cgroup_spike"):  # ref 0: what was counted for it no longer matches
                     table = self._table(name)
-                    table[table.Key(slot)] = table.Leaf()
-                self._free_memory_slots.append(slot)
+                    table[table.Key(ref & _SLOT_MASK)] = table.Leaf()
+                self._free_memory_slots.append(ref & _SLOT_MASK)
 
     # ---- what the daemon reads -----------------------------------------------------------
 
@@ -624,11 +626,11 @@ class BpfMonitor:
         """Current and peak summed RSS of a watched cgroup's processes; None if not watched."""
         table = self._table("cgroup_memory")
         with self._lock:
-            slot = self._memory_slots.get(cgroup_id)
-        if slot is None:
+            ref = self._memory_refs.get(cgroup_id)
+        if ref is None:
             return None
-        value = table[table.Key(slot)]
-        if value.cgroup_id != cgroup_id:
+        value = table[table.Key(ref & _SLOT_MASK)]
+        if value.memory_ref != ref:
             return None  # unwatched meanwhile
         return CgroupRss(rss_bytes=max(0, value.rss), peak_bytes=max(0, value.peak))
 

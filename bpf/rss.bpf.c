@@ -19,14 +19,18 @@
 #define RSS_MEMBER_SHMEM 3
 
 /*
- * A watched cgroup's RSS, in the array slot user space gave it at watch() (watch_config.memory_slot) and
- * cleared at unwatch(); in between only the kernel writes it. An array rather than a hash keyed by the cgroup:
- * each sample and each exit adds to it, and a hash lookup cost ~100 ns of the exit program's ~300 here.
+ * A watched cgroup's RSS, in the array slot user space gave it at watch() and cleared at unwatch(); in between
+ * only the kernel writes it. An array rather than a hash keyed by the cgroup: each sample and each exit adds to
+ * it, and a hash lookup cost ~100 ns of the exit program's ~300 here. A cgroup's `memory_ref` (watch_config) is
+ * its slot in the low 32 bits and, above, a number user space gives each watch: a slot's later cgroup has
+ * another, so what was counted for an unwatched cgroup (a process's or mm's memory_ref) no longer matches.
  */
+#define MEMORY_SLOT(ref) ((u32)(ref))
+
 struct cgroup_memory {
     s64 rss;
     s64 peak;
-    u64 cgroup_id;    /* the slot's cgroup; 0: free. A process or mm of an unwatched cgroup no longer matches it */
+    u64 memory_ref;   /* 0: free */
 };
 
 /* A watched cgroup's spike threshold, in the same slot: written by user space (watch(), set_threshold()), except
@@ -34,17 +38,19 @@ struct cgroup_memory {
 struct cgroup_spike {
     u64 threshold;    /* bytes of summed process RSS; 0: no spike detection */
     u64 fired;
-    u64 cgroup_id;
+    u64 memory_ref;
+    u64 cgroup_id;    /* for the spike event */
 };
 
 BPF_ARRAY(cgroup_memory, struct cgroup_memory, MAX_WATCHED_CGROUPS);
 BPF_ARRAY(cgroup_spike, struct cgroup_spike, MAX_WATCHED_CGROUPS);
 
-/* Slot `memory_slot`'s entry while it still belongs to cgroup `cgroup_id`, else NULL. */
-static __always_inline struct cgroup_memory *memory_of(u32 memory_slot, u64 cgroup_id)
+/* The entry of the cgroup `memory_ref` names while it is still watched, else NULL. */
+static __always_inline struct cgroup_memory *memory_of(u64 memory_ref)
 {
-    struct cgroup_memory *memory = cgroup_memory.lookup(&memory_slot);
-    return memory && memory->cgroup_id == cgroup_id ? memory : 0;
+    u32 slot = MEMORY_SLOT(memory_ref);
+    struct cgroup_memory *memory = cgroup_memory.lookup(&slot);
+    return memory && memory->memory_ref == memory_ref ? memory : 0;
 }
 
 /* Names the process that grew: the owner of a shared counter's mm, else (NULL) the current task. */
@@ -69,11 +75,11 @@ static __always_inline void report_spike(struct rss_owner *owner, u64 cgroup_id,
     events.ringbuf_submit(event, 0);
 }
 
-/* Adds `delta` bytes to watched cgroup `cgroup_id`'s RSS (its slot `memory_slot`; nothing once it is no longer
- * watched) and reports a crossing on growth. */
-static __always_inline void add_to_cgroup(u32 memory_slot, u64 cgroup_id, s64 delta, struct rss_owner *owner)
+/* Adds `delta` bytes to the RSS of the cgroup `memory_ref` names (nothing once it is no longer watched) and
+ * reports a crossing on growth. */
+static __always_inline void add_to_cgroup(u64 memory_ref, s64 delta, struct rss_owner *owner)
 {
-    struct cgroup_memory *memory = memory_of(memory_slot, cgroup_id);
+    struct cgroup_memory *memory = memory_of(memory_ref);
     if (!memory)
         return;
     s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
@@ -81,13 +87,14 @@ static __always_inline void add_to_cgroup(u32 memory_slot, u64 cgroup_id, s64 de
         memory->peak = rss;
     if (delta <= 0)
         return;
-    struct cgroup_spike *spike = cgroup_spike.lookup(&memory_slot);
-    if (!spike || spike->cgroup_id != cgroup_id || spike->threshold == 0)
+    u32 slot = MEMORY_SLOT(memory_ref);
+    struct cgroup_spike *spike = cgroup_spike.lookup(&slot);
+    if (!spike || spike->memory_ref != memory_ref || spike->threshold == 0)
         return;
     s64 threshold = spike->threshold;
     /* One event per threshold setting: user space re-arms with set_threshold (e.g. a higher one). */
     if (rss >= threshold && __sync_lock_test_and_set(&spike->fired, 1) == 0)
-        report_spike(owner, cgroup_id, rss, threshold);
+        report_spike(owner, spike->cgroup_id, rss, threshold);
 }
 
 /* At the exit of a tracked process (lifecycle.bpf.c): its sampled RSS leaves its cgroup (0 where RSS is counted
@@ -97,7 +104,7 @@ static __always_inline void release_process_rss(struct process_info *process)
 {
     s64 counted = __sync_lock_test_and_set(&process->rss, 0);
     if (counted)
-        add_to_cgroup(process->memory_slot, process->memory_cgroup, -counted, 0);
+        add_to_cgroup(process->memory_ref, -counted, 0);
 }
 
 #ifdef RSS_SAMPLING
@@ -236,7 +243,7 @@ static __always_inline void sample_process_rss(struct process_info *process)
     s64 rss = resident_pages(mm) << RSS_PAGE_SHIFT;
     s64 delta = rss - (s64)__sync_lock_test_and_set(&process->rss, rss);
     if (delta != 0)
-        add_to_cgroup(process->memory_slot, process->memory_cgroup, delta, 0);
+        add_to_cgroup(process->memory_ref, delta, 0);
 }
 
 /* At a context switch: the leaving task's RSS if its cgroup is watched. A process that was in its cgroup before
@@ -250,7 +257,7 @@ static __always_inline void sample_leaving_task(void)
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct process_info *process = find_process(tgid);
     if (!process) {
-        track_process(tgid, 0, cgroup_id, config->memory_slot);
+        track_process(tgid, 0, cgroup_id, config->memory_ref);
         process = find_process(tgid);
         if (!process)
             return;
