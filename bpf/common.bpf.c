@@ -111,6 +111,15 @@ BPF_PERCPU_ARRAY(events_lost, u64, EVENT_KIND_SLOTS);
 #endif
 BPF_ARRAY(process_slots, struct process_info, PROCESS_SLOTS);
 BPF_HASH(process_overflow, u32, struct process_info, MAX_OVERFLOW_PROCESSES);
+/* Entries in process_overflow: while 0 (always where pid_max <= PROCESS_SLOTS) a process missing from its slot
+ * is not looked up there, which saves a hash lookup in the programs that run for every process or switch. */
+BPF_ARRAY(process_overflow_entries, s64, 1);
+
+static __always_inline s64 *overflow_processes(void)
+{
+    u32 zero = 0;
+    return process_overflow_entries.lookup(&zero);
+}
 
 /* The process's array slot if it holds the process; costs no helper call. */
 static __always_inline struct process_info *find_process_slot(u32 tgid)
@@ -125,7 +134,10 @@ static __always_inline struct process_info *find_process_slot(u32 tgid)
 static __always_inline struct process_info *find_process(u32 tgid)
 {
     struct process_info *slot = find_process_slot(tgid);
-    return slot ? slot : process_overflow.lookup(&tgid);
+    if (slot)
+        return slot;
+    s64 *entries = overflow_processes();
+    return entries && *entries > 0 ? process_overflow.lookup(&tgid) : 0;
 }
 
 static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, u64 memory_ref)
@@ -143,16 +155,25 @@ static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, u64
         return;
     }
     struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id, .memory_ref = memory_ref};
-    process_overflow.update(&tgid, &info);
+    s64 *entries = overflow_processes();
+    if (process_overflow.insert(&tgid, &info) == 0) {
+        if (entries)
+            __sync_fetch_and_add(entries, 1);
+    } else {
+        process_overflow.update(&tgid, &info);  /* an entry of an earlier process of this pid */
+    }
 }
 
 static __always_inline void forget_process(u32 tgid)
 {
     struct process_info *slot = find_process_slot(tgid);
-    if (slot)
+    if (slot) {
         slot->tgid = 0;
-    else
-        process_overflow.delete(&tgid);
+        return;
+    }
+    s64 *entries = overflow_processes();
+    if (process_overflow.delete(&tgid) == 0 && entries)
+        __sync_fetch_and_add(entries, -1);
 }
 
 static __always_inline int event_is_wanted(u32 kind)

@@ -8,14 +8,14 @@
 /* The task leaving the CPU is still the current one here. */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    sample_leaving_task();
+    sample_current_task();
     return 0;
 }
 
 /* Timer interrupts (the scheduler tick among them) sample a watched task that runs without leaving its CPU. */
 RAW_TRACEPOINT_PROBE(hrtimer_expire_entry)
 {
-    sample_running_task();
+    sample_current_task();
     return 0;
 }
 

@@ -565,12 +565,18 @@ class BpfMonitor:
             return False
         return True
 
-    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None) -> None:
-        """Observe the processes of cgroup `cgroup_id` (its cgroup v2 inode number). Watching a watched cgroup
-        again keeps its totals and sets its threshold; BpfMonitorError when as many cgroups as the kernel's
-        tables hold are watched already."""
+    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None,
+              processes: Collection[int] = ()) -> None:
+        """Observe the processes of cgroup `cgroup_id` (its cgroup v2 inode number). The programs track a process
+        from its fork or exec in a watched cgroup; `processes` (tgids, e.g. its cgroup.procs) are there already
+        and tracked from now on (their RSS is sampled only once tracked). Watching a watched cgroup again keeps
+        its totals and sets its threshold; BpfMonitorError when as many cgroups as the kernel's tables hold are
+        watched already."""
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
+        for tgid in processes:
+            if not isinstance(tgid, int) or isinstance(tgid, bool) or tgid <= 0:
+                raise ValueError(f"processes must be positive pids, got {tgid!r}")
         with self._lock:
             watched, memory = self._table("watched_cgroups"), self._table("cgroup_memory")
             ref = self._memory_refs.get(cgroup_id)
@@ -583,6 +589,7 @@ class BpfMonitor:
                 self._memory_refs[cgroup_id] = ref
             self._write_spike(ref, cgroup_id, spike_threshold_bytes)
             watched[watched.Key(cgroup_id)] = watched.Leaf(next(self._watch_serials), ref)
+            self._track_processes(cgroup_id, ref, processes)
             if self._table_known("reclaim_totals"):
                 totals = self._table("reclaim_totals")
                 if totals.Key(cgroup_id) not in totals:
@@ -599,6 +606,21 @@ class BpfMonitor:
             if ref is None:
                 raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
             self._write_spike(ref, cgroup_id, spike_threshold_bytes)
+
+    def _track_processes(self, cgroup_id: int, ref: int, processes: Collection[int]) -> None:
+        """Put processes of a newly watched cgroup in the process table (common.bpf.c), where their slot is free.
+        Where a live process holds it (only where pid_max > the table's size) the process is left out: the
+        overflow hash's entry count is the kernel's to keep. The kernel writes a slot only for a process of its
+        own tgid, so none of these writes races with one of its."""
+        slots = self._table("process_slots")
+        for tgid in processes:
+            key = slots.Key(tgid % slots.max_entries)
+            held = slots[key].tgid
+            if held == 0:
+                slots[key] = slots.Leaf(tgid, 0, cgroup_id, 0, ref)
+            elif held != tgid:
+                log.info("process %d of cgroup %d not tracked: its slot is held by process %d", tgid, cgroup_id,
+                         held)
 
     def _write_spike(self, ref: int, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
         spike = self._table("cgroup_spike")

@@ -246,35 +246,18 @@ static __always_inline void sample_process_rss(struct process_info *process)
         add_to_cgroup(process->memory_ref, delta, 0);
 }
 
-/* At a context switch: the leaving task's RSS if its cgroup is watched. A process that was in its cgroup before
- * the watch (neither its fork nor an exec seen) is tracked from its first switch on. */
-static __always_inline void sample_leaving_task(void)
-{
-    u64 cgroup_id = bpf_get_current_cgroup_id();
-    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
-    if (!config)
-        return;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct process_info *process = find_process(tgid);
-    if (!process) {
-        track_process(tgid, 0, cgroup_id, config->memory_ref);
-        process = find_process(tgid);
-        if (!process)
-            return;
-    }
-    sample_process_rss(process);
-}
-
-/* At a timer interrupt: the running task's RSS if it is a tracked process. The process table's array is the
- * filter here (one array element), not the cgroup lookup: in an interrupt little of what a program touches is
- * in the cache, and the cgroup id and hash lookup alone cost ~350 ns a run. A process in the overflow hash
- * (only where pid_max > 32768) is sampled at its context switches only. */
-static __always_inline void sample_running_task(void)
+/*
+ * The samplers (memory.bpf.c): the current task's RSS if it is a tracked process (its fork or exec in a watched
+ * cgroup was seen, or user space named it at watch(): monitor.py). The process table's array is the filter, not
+ * the watched-cgroup lookup the other programs do: these run at every context switch and timer interrupt on the
+ * host, and in an interrupt, where little is in the cache, the cgroup id and hash lookup alone cost ~350 ns.
+ */
+static __always_inline void sample_current_task(void)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (tgid == 0)
         return;  /* the idle task (and 0 marks a free slot) */
-    struct process_info *process = find_process_slot(tgid);
+    struct process_info *process = find_process(tgid);
     if (process)
         sample_process_rss(process);
 }

@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -40,6 +41,7 @@ from hostwarden.bpf import (
 )
 from hostwarden.bpf.programs import RssSource
 from hostwarden.capabilities import Capability
+from hostwarden.cgroups.errors import CgroupError
 from hostwarden.cgroups.tree import AGENT_LEAF
 from hostwarden.service import Observer, RunningCall, Sandbox
 
@@ -76,7 +78,8 @@ class BpfBackend(Protocol):
 
     def stop(self) -> None: ...
 
-    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None) -> None: ...
+    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None,
+              processes: Collection[int] = ()) -> None: ...
 
     def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None: ...
 
@@ -217,13 +220,19 @@ class Monitor(Observer):
 
     # ---- observer hooks ----------------------------------------------------------------------
 
-    def _watch(self, cgroup_id: int, watched: _Watched, threshold: int | None) -> None:
+    def _watch(self, cgroup_id: int, path: Path, watched: _Watched, threshold: int | None) -> None:
         if not self._loaded or cgroup_id <= 0:
             return
         with self._lock:
             self._watched[cgroup_id] = watched
         try:
-            self._backend.watch(cgroup_id, spike_threshold_bytes=threshold)
+            processes = self._warden.tree.pids(path)  # there already (a call's process, a recovered sandbox's)
+        except (CgroupError, OSError) as unreadable:
+            log.warning("cgroup %s: processes unknown (%s): they are tracked from their next fork or exec", path,
+                        unreadable)
+            processes = []
+        try:
+            self._backend.watch(cgroup_id, spike_threshold_bytes=threshold, processes=processes)
         except (BpfMonitorError, ValueError) as refused:
             log.warning("cannot watch cgroup %d of sandbox %s: %s", cgroup_id, watched.sandbox, refused)
 
@@ -243,7 +252,7 @@ class Monitor(Observer):
             log.warning("sandbox %s: no agent cgroup to watch (%s)", sandbox.name, missing)
             return
         self._agent_cgroups[sandbox.name] = agent_id
-        self._watch(agent_id, _Watched(sandbox.name), None)
+        self._watch(agent_id, sandbox.path / AGENT_LEAF, _Watched(sandbox.name), None)
 
     def sandbox_removed(self, sandbox: Sandbox) -> None:
         agent_id = self._agent_cgroups.pop(sandbox.name, None)
@@ -251,7 +260,7 @@ class Monitor(Observer):
             self._unwatch(agent_id)
 
     def call_started(self, call: RunningCall) -> None:
-        self._watch(call.cgroup_id, _Watched(call.sandbox, call), spike_threshold_for(call))
+        self._watch(call.cgroup_id, call.path, _Watched(call.sandbox, call), spike_threshold_for(call))
 
     def call_recovered(self, call: RunningCall) -> None:
         self.call_started(call)  # from now on: its execs and spikes before the restart are not known

@@ -323,6 +323,35 @@ def test_a_cgroup_watched_in_a_freed_place_starts_from_zero(cgroups):
         small.stop()
 
 
+def test_processes_named_at_watch_are_sampled_and_others_from_their_fork_or_exec(monitor, cgroups):
+    # The samplers count tracked processes only (the process table is their filter): one already in its cgroup
+    # is tracked when watch() names it, else from its next fork or exec there.
+    bpf_monitor, _ = monitor
+    holders, ids = [], []
+    try:
+        for named in (True, False):
+            path, cgroup_id = cgroups.make(f"named-{named}")
+            holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE,
+                                      preexec_fn=join_cgroup(path))
+            holders.append(holder)
+            deadline = time.monotonic() + 20
+            while not waiting_for_input(holder.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            bpf_monitor.watch(cgroup_id, processes=[holder.pid] if named else [])
+            ids.append(cgroup_id)
+            holder.stdin.write(b"x")  # it wakes, reads, and sleeps again: a context switch
+            holder.stdin.flush()
+        time.sleep(0.2)
+        assert bpf_monitor.cgroup_rss(ids[0]).rss_bytes >= 32 << 20
+        assert bpf_monitor.cgroup_rss(ids[1]).rss_bytes == 0
+    finally:
+        for holder in holders:
+            holder.communicate(b"")
+    assert bpf_monitor.cgroup_rss(ids[0]).rss_bytes < 1 << 20  # released at its exit
+    with pytest.raises(ValueError, match="processes must be positive pids, got 0"):
+        bpf_monitor.watch(ids[0], processes=[0])
+
+
 def test_program_stats_count_runs_and_time(monitor):
     bpf_monitor, _ = monitor
     stats = bpf_monitor.program_stats()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from hostwarden.bpf import (
     SpikeEvent,
 )
 from hostwarden.bpf.programs import DEFAULT_PROGRAMS, RssSource
+from hostwarden.cgroups.errors import CgroupNotFound
 from hostwarden.config import BpfConfig
 from hostwarden.events import Event, Subscription
 from hostwarden.monitor import EXECUTABLES_CAP, SPIKE_FRACTION_OF_MEMORY_HIGH, Monitor, build_monitor
@@ -41,6 +42,7 @@ class FakeBpf:
         self.on_event = on_event
         self.failing = failing
         self.thresholds: dict[int, int | None] = {}
+        self.processes: dict[int, list[int]] = {}
         self.rss: dict[int, CgroupRss] = {}
         self.pending: list[BpfEvent] = []
         self.stopped = False
@@ -56,8 +58,10 @@ class FakeBpf:
     def stop(self) -> None:
         self.stopped = True
 
-    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None) -> None:
+    def watch(self, cgroup_id: int, *, spike_threshold_bytes: int | None = None,
+              processes: Collection[int] = ()) -> None:
         self.thresholds[cgroup_id] = spike_threshold_bytes
+        self.processes[cgroup_id] = list(processes)
 
     def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
         assert cgroup_id in self.thresholds
@@ -169,6 +173,22 @@ def test_sandbox_agent_and_call_cgroups_are_watched_with_a_threshold_from_memory
     assert call.cgroup_id not in harness.bpf.thresholds
     harness.warden.delete_sandbox(ADMIN, "sb", force=True)
     assert harness.bpf.thresholds == {}
+
+
+def test_processes_already_in_a_watched_cgroup_are_named_to_the_programs(harness: Harness,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A call's process is moved in before the call starts: the programs did not see it fork or exec there.
+    monkeypatch.setattr(harness.warden.tree, "pids", lambda path: [4242, 4243])
+    call = harness.begin()
+    assert harness.bpf.processes[call.cgroup_id] == [4242, 4243]
+
+    def gone(path: Path) -> list[int]:
+        raise CgroupNotFound(f"no cgroup at {path}")
+
+    monkeypatch.setattr(harness.warden.tree, "pids", gone)
+    second = harness.begin()  # watched all the same; its processes are tracked from their next fork or exec
+    assert harness.bpf.processes[second.cgroup_id] == []
+    assert second.cgroup_id in harness.bpf.thresholds
 
 
 def test_set_call_threshold_rearms_the_calls_cgroup(harness: Harness) -> None:
