@@ -248,7 +248,7 @@ class Monitor(Observer):
             return
         try:
             agent_id = self._warden.tree.cgroup_id(sandbox.path / AGENT_LEAF)
-        except (OSError, ValueError) as missing:
+        except (CgroupError, OSError) as missing:  # CgroupNotFound is a LookupError
             log.warning("sandbox %s: no agent cgroup to watch (%s)", sandbox.name, missing)
             return
         self._agent_cgroups[sandbox.name] = agent_id

@@ -191,6 +191,19 @@ def test_processes_already_in_a_watched_cgroup_are_named_to_the_programs(harness
     assert second.cgroup_id in harness.bpf.thresholds
 
 
+def test_a_sandbox_without_an_agent_cgroup_is_logged_and_not_watched(harness: Harness,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    def missing(path: Path) -> int:
+        raise CgroupNotFound(f"no cgroup at {path}: it was removed or never created")
+
+    watched_before = dict(harness.bpf.thresholds)
+    monkeypatch.setattr(harness.warden.tree, "cgroup_id", missing)
+    harness.monitor.sandbox_added(harness.warden.sandboxes["sb"])
+    assert harness.bpf.thresholds == watched_before
+    assert "sandbox sb: no agent cgroup to watch (no cgroup at" in caplog.text
+
+
 def test_set_call_threshold_rearms_the_calls_cgroup(harness: Harness) -> None:
     call = harness.begin()
     harness.monitor.set_call_threshold(call.call_id, 300 * MIB)
