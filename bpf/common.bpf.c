@@ -111,14 +111,19 @@ BPF_PERCPU_ARRAY(events_lost, u64, EVENT_KIND_SLOTS);
 #endif
 BPF_ARRAY(process_slots, struct process_info, PROCESS_SLOTS);
 BPF_HASH(process_overflow, u32, struct process_info, MAX_OVERFLOW_PROCESSES);
-/* Entries in process_overflow: while 0 (always where pid_max <= PROCESS_SLOTS) a process missing from its slot
- * is not looked up there, which saves a hash lookup in the programs that run for every process or switch. */
-BPF_ARRAY(process_overflow_entries, s64, 1);
 
-static __always_inline s64 *overflow_processes(void)
+/*
+ * Entries put in an overflow table (process_overflow here, mm_overflow in memory.bpf.c) minus those deleted:
+ * while 0 (for processes, always where pid_max <= PROCESS_SLOTS) a key missing from its array slot is not
+ * looked up in the table, which saves a hash lookup in programs that run for every process, switch or change.
+ */
+#define OVERFLOW_PROCESSES 0
+#define OVERFLOW_MMS 1
+BPF_ARRAY(overflow_entries, s64, 2);
+
+static __always_inline s64 *overflow_count(u32 table)
 {
-    u32 zero = 0;
-    return process_overflow_entries.lookup(&zero);
+    return overflow_entries.lookup(&table);
 }
 
 /* The process's array slot if it holds the process; costs no helper call. */
@@ -136,7 +141,7 @@ static __always_inline struct process_info *find_process(u32 tgid)
     struct process_info *slot = find_process_slot(tgid);
     if (slot)
         return slot;
-    s64 *entries = overflow_processes();
+    s64 *entries = overflow_count(OVERFLOW_PROCESSES);
     return entries && *entries > 0 ? process_overflow.lookup(&tgid) : 0;
 }
 
@@ -155,7 +160,7 @@ static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, u64
         return;
     }
     struct process_info info = {.tgid = tgid, .ppid = ppid, .cgroup_id = cgroup_id, .memory_ref = memory_ref};
-    s64 *entries = overflow_processes();
+    s64 *entries = overflow_count(OVERFLOW_PROCESSES);
     if (process_overflow.insert(&tgid, &info) == 0) {
         if (entries)
             __sync_fetch_and_add(entries, 1);
@@ -171,7 +176,7 @@ static __always_inline void forget_process(u32 tgid)
         slot->tgid = 0;
         return;
     }
-    s64 *entries = overflow_processes();
+    s64 *entries = overflow_count(OVERFLOW_PROCESSES);
     if (process_overflow.delete(&tgid) == 0 && entries)
         __sync_fetch_and_add(entries, -1);
 }

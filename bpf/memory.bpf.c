@@ -12,7 +12,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     return 0;
 }
 
-/* Timer interrupts (the scheduler tick among them) sample a watched task that runs without leaving its CPU. */
+/* Timer interrupts (the scheduler tick among them) sample a tracked process that runs without leaving its CPU. */
 RAW_TRACEPOINT_PROBE(hrtimer_expire_entry)
 {
     sample_current_task();
@@ -43,21 +43,14 @@ struct mm_rss {
 #endif
 
 BPF_ARRAY(mm_slots, struct mm_rss, MM_SLOTS);
+/* Its entry count (overflow_count(OVERFLOW_MMS), common.bpf.c) is 0 on most runs; an LRU eviction leaves it
+ * high: lookups, never misses. */
 BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
-/* Entries put in mm_overflow minus those deleted: while 0 (the usual case) a key missing from its slot is not
- * looked up there, which saves a hash lookup on most runs. An LRU eviction leaves it high: lookups, never misses. */
-BPF_ARRAY(mm_overflow_entries, s64, 1);
 
 static __always_inline u32 mm_slot_index(u64 key)
 {
     /* Fibonacci hashing: mm addresses are slab-aligned, so their low bits alone would crowd a few slots. */
     return (u32)((key * 0x9E3779B97F4A7C15ULL) >> 32) % MM_SLOTS;
-}
-
-static __always_inline s64 *overflow_entries(void)
-{
-    u32 zero = 0;
-    return mm_overflow_entries.lookup(&zero);
 }
 
 static __always_inline struct mm_rss *find_mm(u64 key)
@@ -66,7 +59,7 @@ static __always_inline struct mm_rss *find_mm(u64 key)
     struct mm_rss *slot = mm_slots.lookup(&index);
     if (slot && slot->key == key)
         return slot;
-    s64 *entries = overflow_entries();
+    s64 *entries = overflow_count(OVERFLOW_MMS);
     if (!entries || *entries <= 0)
         return 0;
     return mm_overflow.lookup(&key);
@@ -92,7 +85,7 @@ static __always_inline struct mm_rss *track_mm(u64 key, u64 memory_ref)
     }
     struct mm_rss fresh = {.memory_ref = memory_ref, .key = key, .owner.tgid = tgid};
     bpf_get_current_comm(&fresh.owner.comm, sizeof(fresh.owner.comm));
-    s64 *entries = overflow_entries();
+    s64 *entries = overflow_count(OVERFLOW_MMS);
     if (!entries || mm_overflow.insert(&key, &fresh) != 0)
         return 0;
     __sync_fetch_and_add(entries, 1);
@@ -107,7 +100,7 @@ static __always_inline void forget_mm(struct mm_rss *mm, u64 key)
         slot->key = 0;
         return;
     }
-    s64 *entries = overflow_entries();
+    s64 *entries = overflow_count(OVERFLOW_MMS);
     if (mm_overflow.delete(&key) == 0 && entries)
         __sync_fetch_and_add(entries, -1);
 }

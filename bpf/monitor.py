@@ -108,8 +108,7 @@ def tracefs_events_dir(sys_root: Path = Path("/sys")) -> Path | None:
 def unavailable_reason(spec: ProgramSpec, sys_root: Path, events_dir: Path | None) -> str | None:
     """Why `spec` cannot run on this kernel, found without loading anything; None if it may."""
     if isinstance(spec.attach, Tracepoint | RawTracepoint):
-        # A raw tracepoint's program falls back to the regular one, which must exist (it does wherever the
-        # raw one does).
+        # A raw tracepoint exists wherever its regular tracepoint does, which tracefs lists.
         tracepoint = spec.attach if isinstance(spec.attach, Tracepoint) else spec.attach.tracepoint
         if events_dir is None:
             return ("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): "

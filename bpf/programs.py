@@ -18,7 +18,7 @@ LIBRARY_UNITS = (COMMON_UNIT, RSS_UNIT)
 class RssSource(Enum):
     """How the kernel programs learn an mm's RSS: only one memory program set is attached (rss.bpf.c)."""
 
-    SAMPLED = "sampled"  # read the counters at context switches, timer interrupts and exits (needs BTF)
+    SAMPLED = "sampled"  # read the counters at context switches and timer interrupts (needs BTF)
     EVERY_CHANGE = "every_change"  # kmem:rss_stat, once per counter change
 
 
