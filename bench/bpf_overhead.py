@@ -108,7 +108,7 @@ def empty_programs() -> tuple[list[ProgramSpec], dict[str, str]]:
     units: dict[str, str] = {}
     for spec in specs:
         if isinstance(spec.attach, RawTracepoint):
-            body = f"RAW_TRACEPOINT_PROBE({spec.attach.tracepoint.event}) {{ return 0; }}\n"
+            body = f"int {spec.attach.function}(struct bpf_raw_tracepoint_args *ctx) {{ return 0; }}\n"
         else:
             body = f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event}) {{ return 0; }}\n"
         units[spec.unit] = units.get(spec.unit, "") + body

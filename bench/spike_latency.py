@@ -225,7 +225,7 @@ def main() -> None:
         statuses = monitor.start()
         counting = [status for status in statuses.values() if status.loaded and status.name.startswith("rss_")]
         if not counting:
-            sys.exit(f"no RSS program loaded: {statuses['rss_sample_switch'].detail}; {statuses['rss_stat'].detail}")
+            sys.exit(f"no RSS program loaded: {statuses['rss_sample'].detail}; {statuses['rss_stat'].detail}")
         print(f"RSS counted by {', '.join(status.name for status in counting)}: {counting[0].detail}")
         with Client(daemon.socket) as client:
             stream = SpikeStream(daemon.socket)

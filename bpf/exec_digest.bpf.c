@@ -10,7 +10,7 @@
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 {
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    if (!watched_cgroups.lookup(&cgroup_id))
+    if (!find_watch(cgroup_id))
         return 0;
     struct digest_event *event = reserve_event(EVENT_EXEC_DIGEST, cgroup_id, sizeof(struct digest_event));
     if (!event)

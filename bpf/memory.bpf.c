@@ -5,15 +5,13 @@
 
 #ifdef RSS_SAMPLING
 
-/* The task leaving the CPU is still the current one here. */
-RAW_TRACEPOINT_PROBE(sched_switch)
-{
-    sample_current_task();
-    return 0;
-}
-
-/* Timer interrupts (the scheduler tick among them) sample a tracked process that runs without leaving its CPU. */
-RAW_TRACEPOINT_PROBE(hrtimer_expire_entry)
+/*
+ * Attached to two raw tracepoints (programs.py): sched_switch, where the task leaving the CPU is still the current
+ * one, and hrtimer_expire_entry, the timer interrupts (the scheduler tick among them), for a tracked process that
+ * runs without leaving its CPU. One program for both: the same code, one JIT image to keep in the instruction
+ * cache, and one cost figure for RSS sampling. Its runs in timer interrupts cost more (docs/benchmarks.md).
+ */
+int rss_sample(struct bpf_raw_tracepoint_args *ctx)
 {
     sample_current_task();
     return 0;
@@ -130,7 +128,7 @@ TRACEPOINT_PROBE(kmem, rss_stat)
     if (member != RSS_MEMBER_FILE && member != RSS_MEMBER_ANON && member != RSS_MEMBER_SHMEM)
         return 0;
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
+    struct watch_config *config = find_watch(cgroup_id);
     int own_mm = args->curr;
     u64 key = args->mm_id;
     struct mm_rss *mm;

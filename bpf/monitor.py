@@ -50,6 +50,7 @@ STATS_WINDOW_S = 1.0
 STATS_PERIOD_S = 10.0
 _DETAIL_LINES = 6  # compiler / verifier lines kept in a program's failure detail
 _SLOT_MASK = (1 << 32) - 1  # a memory_ref's slot (rss.bpf.c)
+_OVERFLOW_WATCHES = 2  # overflow_entries' index of watch_overflow's entry count (common.bpf.c)
 _CALIBRATION_SWITCH_S = 0.002  # a sleep on each CPU in turn: the calibration program runs at the switch
 
 
@@ -109,12 +110,13 @@ def unavailable_reason(spec: ProgramSpec, sys_root: Path, events_dir: Path | Non
     """Why `spec` cannot run on this kernel, found without loading anything; None if it may."""
     if isinstance(spec.attach, Tracepoint | RawTracepoint):
         # A raw tracepoint exists wherever its regular tracepoint does, which tracefs lists.
-        tracepoint = spec.attach if isinstance(spec.attach, Tracepoint) else spec.attach.tracepoint
+        tracepoints = (spec.attach,) if isinstance(spec.attach, Tracepoint) else spec.attach.tracepoints
         if events_dir is None:
             return ("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): "
-                    f"cannot attach {tracepoint}")
-        if not (events_dir / tracepoint.category / tracepoint.event).is_dir():
-            return f"{tracepoint} does not exist on kernel {platform.release()}"
+                    f"cannot attach {spec.attach}")
+        for tracepoint in tracepoints:
+            if not (events_dir / tracepoint.category / tracepoint.event).is_dir():
+                return f"{tracepoint} does not exist on kernel {platform.release()}"
         return None
     lsm_file = sys_root / "kernel/security/lsm"
     try:
@@ -212,6 +214,7 @@ class BpfMonitor:
         self._watch_serials = itertools.count(1)
         self._memory_refs: dict[int, int] = {}  # watched cgroup id -> its memory_ref (rss.bpf.c)
         self._free_memory_slots: list[int] = []
+        self._overflow_watches: set[int] = set()  # watched cgroup ids in watch_overflow, not in their slot
         self._memory_watches = itertools.count(1)  # the upper half of a memory_ref
         self._programs = tuple(programs)
         self._extra_units = dict(extra_units or {})
@@ -268,6 +271,7 @@ class BpfMonitor:
         self._bpf, compile_failures = self._compile(bcc, units)
         if self._bpf is not None:
             self._memory_refs.clear()
+            self._overflow_watches.clear()
             self._free_memory_slots = list(reversed(range(self._table("cgroup_memory").max_entries)))
             wanted = self._bpf[b"event_wanted"]
             for kind in self._event_kinds:
@@ -314,8 +318,11 @@ class BpfMonitor:
             self._rss_detail = f"no kernel layout: {self._layout_missing}"
         elif self._layout.rss is None:
             self._rss_detail = f"mm counters unreadable: {self._layout.rss_unavailable}"
-        elif not any(spec.rss_source is RssSource.SAMPLED for spec in candidates):
+        elif not (samplers := [spec for spec in candidates if spec.rss_source is RssSource.SAMPLED]):
             self._rss_detail = "no sampling program can attach on this kernel"
+        elif refusals := [f"{spec.name}: {refusal}" for spec in samplers
+                          if (refusal := self._try_load(bcc, spec.attach.function)[1]) is not None]:
+            self._rss_detail = f"the sampler does not load on this kernel ({'; '.join(refusals)})"
         elif self._layout.rss.percpu is None:
             self._rss_source, self._rss_detail = RssSource.SAMPLED, "RSS sampled from atomic mm counters"
         else:
@@ -333,15 +340,13 @@ class BpfMonitor:
         """Fill cpu_offsets: the calibration program runs at a context switch on each online CPU in turn
         (a thread of this process sleeps there). None when every online CPU's offset was found and checks
         out, else what went wrong."""
-        failure: Exception | None = None
-        with _captured_stderr() as stderr:
-            try:
-                function = self._bpf.load_func(b"calibrate_cpu_offset", bcc.BPF.RAW_TRACEPOINT)
-                link = kernel.attach_raw_tracepoint(function.fd, "sched_switch")
-            except Exception as refused:  # bcc raises bare Exception for load errors
-                failure = refused
-        if failure is not None:
-            return f"calibration program: {_error_detail(failure, ''.join(stderr))}"
+        function, refusal = self._try_load(bcc, "calibrate_cpu_offset")
+        if function is None:
+            return f"calibration program: {refusal}"
+        try:
+            link = kernel.attach_raw_tracepoint(function.fd, "sched_switch")
+        except OSError as refused:
+            return f"calibration program: cannot attach to sched_switch: {refused}"
         online = cpu_list(self._sys_root, "online")
         try:
             for cpu in online:
@@ -353,6 +358,19 @@ class BpfMonitor:
         offsets, runqueues = self._table("cpu_offsets"), self._table("cpu_runqueues")
         found = {cpu: (offsets[offsets.Key(cpu)].value, runqueues[runqueues.Key(cpu)].value) for cpu in online}
         return check_cpu_offsets(found)
+
+    def _try_load(self, bcc: ModuleType, function: str) -> tuple[Any, str | None]:
+        """Loads raw-tracepoint function `function` (bcc keeps it: attaching it later loads nothing more); the
+        function, or None and why the kernel refused it."""
+        failure: Exception | None = None
+        with _captured_stderr() as stderr:
+            try:
+                loaded = self._bpf.load_func(function.encode(), bcc.BPF.RAW_TRACEPOINT)
+            except Exception as refused:  # bcc raises bare Exception for load errors
+                failure = refused
+        if failure is not None:  # the captured text is complete only once the block has ended
+            return None, _error_detail(failure, "".join(stderr))
+        return loaded, None
 
     def _unused_memory_program(self, spec: ProgramSpec) -> ProgramStatus:
         if self._rss_source is RssSource.SAMPLED:
@@ -412,7 +430,8 @@ class BpfMonitor:
                     detail = self._load_sleepable_lsm(bcc, spec, spec.attach)
                 elif isinstance(spec.attach, RawTracepoint):
                     function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.RAW_TRACEPOINT)
-                    self._bpf.attach_raw_tracepoint(tp=spec.attach.tracepoint.event.encode(), fn_name=function.name)
+                    for tracepoint in spec.attach.tracepoints:
+                        self._bpf.attach_raw_tracepoint(tp=tracepoint.event.encode(), fn_name=function.name)
                     self._program_fds[spec.name] = function.fd
                     detail = f"attached to {spec.attach} ({self._rss_detail})"
                 else:
@@ -577,7 +596,7 @@ class BpfMonitor:
             if not isinstance(tgid, int) or isinstance(tgid, bool) or tgid <= 0:
                 raise ValueError(f"processes must be positive pids, got {tgid!r}")
         with self._lock:
-            watched, memory = self._table("watched_cgroups"), self._table("cgroup_memory")
+            memory = self._table("cgroup_memory")
             ref = self._memory_refs.get(cgroup_id)
             if ref is None:
                 if not self._free_memory_slots:
@@ -587,7 +606,7 @@ class BpfMonitor:
                 memory[memory.Key(ref & _SLOT_MASK)] = memory.Leaf(0, 0, ref)
                 self._memory_refs[cgroup_id] = ref
             self._write_spike(ref, cgroup_id, spike_threshold_bytes)
-            watched[watched.Key(cgroup_id)] = watched.Leaf(next(self._watch_serials), ref)
+            self._write_watch(cgroup_id, next(self._watch_serials), ref)
             self._track_processes(cgroup_id, ref, processes)
             if self._table_known("reclaim_totals"):
                 totals = self._table("reclaim_totals")
@@ -621,6 +640,40 @@ class BpfMonitor:
                 log.info("process %d of cgroup %d not tracked: its slot is held by process %d", tgid, cgroup_id,
                          held)
 
+    def _write_watch(self, cgroup_id: int, watch_serial: int, ref: int) -> None:
+        """The cgroup's entry in the programs' first filter (common.bpf.c's find_watch): its slot of watch_slots if
+        free or its own, else watch_overflow, whose entry count the programs read before looking there."""
+        slots = self._table("watch_slots")
+        key = slots.Key(watch_slot_index(cgroup_id, slots.max_entries))
+        if cgroup_id not in self._overflow_watches and slots[key].cgroup_id in (0, cgroup_id):
+            entry = slots.Leaf()
+            entry.cgroup_id = cgroup_id
+            entry.config.watch_serial = watch_serial
+            entry.config.memory_ref = ref
+            slots[key] = entry
+            return
+        overflow = self._table("watch_overflow")
+        overflow[overflow.Key(cgroup_id)] = overflow.Leaf(watch_serial, ref)
+        if cgroup_id not in self._overflow_watches:
+            self._overflow_watches.add(cgroup_id)
+            self._count_overflow_watches()
+
+    def _remove_watch(self, cgroup_id: int) -> None:
+        if cgroup_id in self._overflow_watches:
+            overflow = self._table("watch_overflow")
+            del overflow[overflow.Key(cgroup_id)]
+            self._overflow_watches.discard(cgroup_id)
+            self._count_overflow_watches()
+            return
+        slots = self._table("watch_slots")
+        key = slots.Key(watch_slot_index(cgroup_id, slots.max_entries))
+        if slots[key].cgroup_id == cgroup_id:
+            slots[key] = slots.Leaf()
+
+    def _count_overflow_watches(self) -> None:
+        counts = self._table("overflow_entries")
+        counts[counts.Key(_OVERFLOW_WATCHES)] = counts.Leaf(len(self._overflow_watches))
+
     def _write_spike(self, ref: int, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
         spike = self._table("cgroup_spike")
         spike[spike.Key(ref & _SLOT_MASK)] = spike.Leaf(spike_threshold_bytes or 0, 0, ref, cgroup_id)
@@ -629,11 +682,11 @@ class BpfMonitor:
         """Stop observing a cgroup and drop its kernel-side totals. Unknown ids are ignored."""
         _check_cgroup_id(cgroup_id)
         with self._lock:
-            for name in ("watched_cgroups", "reclaim_totals"):
-                if self._table_known(name):
-                    table = self._table(name)
-                    with contextlib.suppress(KeyError):
-                        del table[table.Key(cgroup_id)]
+            self._remove_watch(cgroup_id)
+            if self._table_known("reclaim_totals"):
+                totals = self._table("reclaim_totals")
+                with contextlib.suppress(KeyError):
+                    del totals[totals.Key(cgroup_id)]
             ref = self._memory_refs.pop(cgroup_id, None)
             if ref is not None:
                 for name in ("cgroup_memory", "cgroup_spike"):  # ref 0: what was counted for it no longer matches
@@ -733,6 +786,12 @@ def check_cpu_offsets(found: Mapping[int, tuple[int, int]]) -> str | None:
     if len({offset for offset, _ in found.values()}) != len(found):
         return "two CPUs have the same per-CPU offset"
     return None
+
+
+def watch_slot_index(cgroup_id: int, slots: int) -> int:
+    """The watch_slots entry of a cgroup id: common.bpf.c's watch_slot_index (Fibonacci hashing, the upper half
+    of the 64-bit product, modulo the table's size)."""
+    return (((cgroup_id * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> 32) % slots
 
 
 def _check_cgroup_id(cgroup_id: int) -> None:

@@ -10,7 +10,7 @@ TRACEPOINT_PROBE(oom, mark_victim)
     } else {
         /* Not seen before: a memcg OOM runs in the context of a task charging that cgroup. */
         cgroup_id = bpf_get_current_cgroup_id();
-        if (!watched_cgroups.lookup(&cgroup_id))
+        if (!find_watch(cgroup_id))
             return 0;
     }
     struct event *event = reserve_event(EVENT_OOM, cgroup_id, sizeof(struct event));

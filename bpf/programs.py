@@ -38,20 +38,18 @@ class Tracepoint:
 
 @dataclass(frozen=True)
 class RawTracepoint:
-    """A raw tracepoint: the program gets the kernel's arguments, and no trace record is filled for it.
+    """Raw tracepoints, all running the one program `function` (a plain C function of that name taking
+    `struct bpf_raw_tracepoint_args *`): the program gets the kernel's arguments, and no trace record is filled.
 
-    `tracepoint` is the regular tracepoint of the same event (its existence is checked in tracefs).
+    `tracepoints` are the regular tracepoints of the same events (their existence is checked in tracefs).
     """
 
-    tracepoint: Tracepoint
-
-    @property
-    def function(self) -> str:
-        """The name bcc's RAW_TRACEPOINT_PROBE(event) gives the function."""
-        return f"raw_tracepoint__{self.tracepoint.event}"
+    function: str
+    tracepoints: tuple[Tracepoint, ...]
 
     def __str__(self) -> str:
-        return f"raw tracepoint {self.tracepoint.event}"
+        return f"raw tracepoint{'s' if len(self.tracepoints) > 1 else ''} " + ", ".join(
+            tracepoint.event for tracepoint in self.tracepoints)
 
 
 @dataclass(frozen=True)
@@ -89,10 +87,9 @@ DEFAULT_PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec("process_exec", "lifecycle", Tracepoint("sched", "sched_process_exec"), (EventKind.EXEC,)),
     ProgramSpec("process_exit", "lifecycle", Tracepoint("sched", "sched_process_exit"), (EventKind.EXIT,),
                 without_layout="exit status"),
-    # Spikes found at timer interrupts and exits are sent through the same ring buffer: their losses count here.
-    ProgramSpec("rss_sample_switch", "memory", RawTracepoint(Tracepoint("sched", "sched_switch")), (EventKind.SPIKE,),
-                rss_source=RssSource.SAMPLED),
-    ProgramSpec("rss_sample_tick", "memory", RawTracepoint(Tracepoint("timer", "hrtimer_expire_entry")),
+    # Spikes found at exits are sent through the same ring buffer: their losses count here.
+    ProgramSpec("rss_sample", "memory", RawTracepoint("rss_sample", (
+        Tracepoint("sched", "sched_switch"), Tracepoint("timer", "hrtimer_expire_entry"))), (EventKind.SPIKE,),
                 rss_source=RssSource.SAMPLED),
     ProgramSpec("rss_stat", "memory", Tracepoint("kmem", "rss_stat"), (EventKind.SPIKE,),
                 rss_source=RssSource.EVERY_CHANGE),

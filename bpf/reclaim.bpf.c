@@ -18,7 +18,7 @@ BPF_HASH(reclaim_totals, u64, struct reclaim_totals, MAX_WATCHED_CGROUPS);
 TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_begin)
 {
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    if (!watched_cgroups.lookup(&cgroup_id))
+    if (!find_watch(cgroup_id))
         return 0;
     u32 tid = bpf_get_current_pid_tgid();
     u64 now = bpf_ktime_get_ns();
@@ -29,7 +29,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_begin)
 TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_end)
 {
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    if (!watched_cgroups.lookup(&cgroup_id))
+    if (!find_watch(cgroup_id))
         return 0;
     u32 tid = bpf_get_current_pid_tgid();
     u64 *started = reclaim_started.lookup(&tid);

@@ -45,12 +45,13 @@ struct cgroup_spike {
 BPF_ARRAY(cgroup_memory, struct cgroup_memory, MAX_WATCHED_CGROUPS);
 BPF_ARRAY(cgroup_spike, struct cgroup_spike, MAX_WATCHED_CGROUPS);
 
-/* The entry of the cgroup `memory_ref` names while it is still watched, else NULL. */
+/* The entry of the cgroup `memory_ref` names while it is still watched, else NULL (always for ref 0, which a
+ * free entry holds). */
 static __always_inline struct cgroup_memory *memory_of(u64 memory_ref)
 {
     u32 slot = MEMORY_SLOT(memory_ref);
     struct cgroup_memory *memory = cgroup_memory.lookup(&slot);
-    return memory && memory->memory_ref == memory_ref ? memory : 0;
+    return memory && memory_ref && memory->memory_ref == memory_ref ? memory : 0;
 }
 
 /* Names the process that grew: the owner of a shared counter's mm, else (NULL) the current task. */
@@ -109,21 +110,20 @@ static __always_inline void release_process_rss(struct process_info *process)
 
 #ifdef RSS_SAMPLING
 
+/*
+ * A kernel struct's field as a plain load. `base` is a BTF-typed pointer (bpf_get_current_task_btf(), or a pointer
+ * field loaded from one), so the verifier checks the offset against the kernel's BTF and the JIT guards the load;
+ * bpf_probe_read_kernel is a helper call per read instead. Reading the task's fields and the percpu counters'
+ * global parts this way took about 40 ns off each sample (docs/benchmarks.md). Needs bpf_get_current_task_btf
+ * (Linux 5.11): where the sampler cannot load, the loader counts RSS at every change instead (monitor.py).
+ */
+#define KERNEL_FIELD(type, base, offset) (*(type *)((base) + (offset)))
+
 static __always_inline u64 read_kernel_u64(u64 address)
 {
     u64 value = 0;
     bpf_probe_read_kernel(&value, sizeof(value), (void *)address);
     return value;
-}
-
-/* The mm's counters (MM_FILEPAGES .. MM_SHMEMPAGES), copied in one read; the fields taken from the copy are
- * 8-byte aligned (btf.py checks). */
-#define RSS_COUNTERS 4
-#define RSS_STAT_WORDS (RSS_COUNTERS * RSS_COUNTER_SIZE / 8)
-
-static __always_inline int read_rss_stat(u64 mm, u64 *stat)
-{
-    return bpf_probe_read_kernel(stat, RSS_STAT_WORDS * 8, (void *)(mm + MM_RSS_STAT_OFFSET));
 }
 
 static __always_inline s64 at_least_zero(s64 pages)
@@ -133,9 +133,9 @@ static __always_inline s64 at_least_zero(s64 pages)
 
 #ifdef RSS_PERCPU
 
-#define COUNTER_WORD(member, field_offset) (((member) * RSS_COUNTER_SIZE + (field_offset)) / 8)
-#define GLOBAL_PAGES(stat, member) ((s64)(stat)[COUNTER_WORD(member, PERCPU_COUNTER_COUNT_OFFSET)])
-#define CPU_PARTS(stat, member) ((stat)[COUNTER_WORD(member, PERCPU_COUNTER_COUNTERS_OFFSET)])
+/* Field `field_offset` of the mm's percpu counter `member` (MM_FILEPAGES .. MM_SHMEMPAGES). */
+#define COUNTER_FIELD(type, mm, member, field_offset) \
+    KERNEL_FIELD(type, mm, MM_RSS_STAT_OFFSET + (member) * RSS_COUNTER_SIZE + (field_offset))
 
 static __always_inline s32 read_kernel_s32(u64 address)
 {
@@ -152,19 +152,18 @@ BPF_ARRAY(cpu_offsets, u64, RSS_CPUS);
  * Resident pages: each percpu counter's global part plus each CPU's, as percpu_counter_sum() adds them but
  * without its lock. The global parts are read first: a CPU's part folded into its global part between the
  * reads is then missed (the next sample has it), never counted twice. Since 6.6 an mm's counters share one
- * per-CPU allocation, so a CPU's parts are one 16-byte read; before, they are read one by one.
+ * per-CPU allocation, so a CPU's parts are one 16-byte read; before, they are read one by one. (The per-CPU
+ * parts are helper reads: without BTF type tags, which gcc-built kernels lack, the verifier does not know
+ * `counters` as a per-CPU pointer.)
  */
 static __always_inline s64 resident_pages(u64 mm)
 {
-    u64 stat[RSS_STAT_WORDS];
-    if (read_rss_stat(mm, stat) != 0)
-        return 0;
-    s64 file = GLOBAL_PAGES(stat, RSS_MEMBER_FILE);
-    s64 anon = GLOBAL_PAGES(stat, RSS_MEMBER_ANON);
-    s64 shmem = GLOBAL_PAGES(stat, RSS_MEMBER_SHMEM);
-    u64 file_parts = CPU_PARTS(stat, RSS_MEMBER_FILE);
-    u64 anon_parts = CPU_PARTS(stat, RSS_MEMBER_ANON);
-    u64 shmem_parts = CPU_PARTS(stat, RSS_MEMBER_SHMEM);
+    s64 file = COUNTER_FIELD(s64, mm, RSS_MEMBER_FILE, PERCPU_COUNTER_COUNT_OFFSET);
+    s64 anon = COUNTER_FIELD(s64, mm, RSS_MEMBER_ANON, PERCPU_COUNTER_COUNT_OFFSET);
+    s64 shmem = COUNTER_FIELD(s64, mm, RSS_MEMBER_SHMEM, PERCPU_COUNTER_COUNT_OFFSET);
+    u64 file_parts = COUNTER_FIELD(u64, mm, RSS_MEMBER_FILE, PERCPU_COUNTER_COUNTERS_OFFSET);
+    u64 anon_parts = COUNTER_FIELD(u64, mm, RSS_MEMBER_ANON, PERCPU_COUNTER_COUNTERS_OFFSET);
+    u64 shmem_parts = COUNTER_FIELD(u64, mm, RSS_MEMBER_SHMEM, PERCPU_COUNTER_COUNTERS_OFFSET);
     int adjacent = anon_parts == file_parts + 4 * RSS_MEMBER_ANON && shmem_parts == file_parts + 4 * RSS_MEMBER_SHMEM;
     for (u32 cpu = 0; cpu < RSS_CPUS; cpu++) {
         u32 index = cpu;
@@ -172,7 +171,7 @@ static __always_inline s64 resident_pages(u64 mm)
         if (!offset || !*offset)
             continue;
         if (adjacent) {
-            s32 parts[RSS_COUNTERS] = {};
+            s32 parts[4] = {};
             bpf_probe_read_kernel(parts, sizeof(parts), (void *)(file_parts + *offset));
             file += parts[RSS_MEMBER_FILE];
             anon += parts[RSS_MEMBER_ANON];
@@ -216,14 +215,17 @@ int calibrate_cpu_offset(struct bpf_raw_tracepoint_args *ctx)
 
 #else
 
-/* Before 6.2 the counters are atomic longs (each task batches up to 64 changes before adding them). */
+/*
+ * Before 6.2 the counters are atomic longs (each task batches up to 64 changes before adding them), copied in one
+ * helper read: the verifiers of those kernels do not walk into an array of typedefs (atomic_long_t) for a load.
+ */
 static __always_inline s64 resident_pages(u64 mm)
 {
-    u64 stat[RSS_STAT_WORDS];
-    if (read_rss_stat(mm, stat) != 0)
+    s64 counts[RSS_MEMBER_SHMEM + 1];
+    if (bpf_probe_read_kernel(counts, sizeof(counts), (void *)(mm + MM_RSS_STAT_OFFSET)) != 0)
         return 0;
-    return at_least_zero((s64)stat[RSS_MEMBER_FILE]) + at_least_zero((s64)stat[RSS_MEMBER_ANON]) +
-           at_least_zero((s64)stat[RSS_MEMBER_SHMEM]);
+    return at_least_zero(counts[RSS_MEMBER_FILE]) + at_least_zero(counts[RSS_MEMBER_ANON]) +
+           at_least_zero(counts[RSS_MEMBER_SHMEM]);
 }
 
 #endif
@@ -234,10 +236,10 @@ static __always_inline s64 resident_pages(u64 mm)
  */
 static __always_inline void sample_process_rss(struct process_info *process)
 {
-    u64 task = bpf_get_current_task();
-    if (read_kernel_u64(task + TASK_VFORK_DONE_OFFSET))
+    u64 task = (u64)bpf_get_current_task_btf();
+    if (KERNEL_FIELD(u64, task, TASK_VFORK_DONE_OFFSET))
         return;  /* a vfork child before its exec runs in its parent's mm, which the parent's samples count */
-    u64 mm = read_kernel_u64(task + TASK_MM_OFFSET);
+    u64 mm = KERNEL_FIELD(u64, task, TASK_MM_OFFSET);
     if (!mm)
         return;  /* a kernel thread, or a task past exit_mm() */
     s64 rss = resident_pages(mm) << RSS_PAGE_SHIFT;

@@ -57,7 +57,7 @@ EXECUTABLES_CAP = 64
 RSS_PEAK_SOURCE = "rss_tracking"
 EXEC_DIGEST_PROGRAM = "exec_digest"
 # Either counts a call's RSS (hostwarden.bpf's monitor attaches one way: sampled, or at every change).
-RSS_PROGRAMS = frozenset({"rss_sample_switch", "rss_stat"})
+RSS_PROGRAMS = frozenset({"rss_sample", "rss_stat"})
 
 # Fork and exit events are not used here: leaving them in the kernel saves two ring-buffer records and
 # two decodes per process (see docs/benchmarks.md).

@@ -22,16 +22,15 @@ def lifecycle(events: list) -> list[ProcessEvent]:
 
 def test_tracepoint_programs_load_here(monitor):
     _, statuses = monitor
-    for name in ("process_fork", "process_exec", "process_exit", "rss_sample_switch", "rss_sample_tick",
-                 "oom_victim", "memcg_reclaim_end"):
+    for name in ("process_fork", "process_exec", "process_exit", "rss_sample", "oom_victim", "memcg_reclaim_end"):
         assert statuses[name].loaded, statuses[name]
     # No BPF LSM on this host: reported with the reason, not pretended.
     assert statuses["exec_digest"].loaded is False and statuses["exec_digest"].detail
     # 6.18: mm counters are percpu counters; every online CPU's offset was found, so RSS is sampled.
     online = len(os.sched_getaffinity(0))
-    assert statuses["rss_sample_switch"].detail == (
-        f"attached to raw tracepoint sched_switch (RSS sampled: percpu mm counters summed over {online} online "
-        "CPUs' parts)")
+    assert statuses["rss_sample"].detail == (
+        "attached to raw tracepoints sched_switch, hrtimer_expire_entry (RSS sampled: percpu mm counters summed "
+        f"over {online} online CPUs' parts)")
     assert not statuses["rss_stat"].loaded
     assert statuses["rss_stat"].detail.startswith("not attached: not needed, RSS sampled"), statuses["rss_stat"]
 
@@ -95,6 +94,46 @@ def test_processes_beyond_the_slot_table_are_tracked_exactly_and_released(event_
         small.stop()
 
 
+def test_cgroups_sharing_a_watch_slot_are_watched_through_the_overflow(cgroups):
+    # One slot in the programs' first filter: the second cgroup goes to the overflow hash, which the programs
+    # look in only while user space counts entries there. Each cgroup's execs are seen exactly while it is watched.
+    one_slot = "#define WATCH_SLOTS 1\n" + packaged_unit(COMMON_UNIT)
+    log = EventLog()
+    small = BpfMonitor(log, programs=[p for p in DEFAULT_PROGRAMS if p.name == "process_exec"],
+                       extra_units={COMMON_UNIT: one_slot})
+
+    def seen(path: Path, cgroup_id: int) -> bool:
+        """Whether the exec of a shell run in `path` is reported (a watched cgroup's within 10 s; an unwatched
+        cgroup's not within 0.3 s, many times what a watched one's takes)."""
+        shell = subprocess.Popen([SHELL, "-c", "exit 0"], preexec_fn=join_cgroup(path))
+        assert shell.wait(timeout=10) == 0
+        if cgroup_id in watching:
+            log.wait_for(lambda events: any(e.pid == shell.pid for e in lifecycle(events)), cgroup_id)
+        else:
+            time.sleep(0.3)
+        return any(event.pid == shell.pid for event in lifecycle(log.for_cgroup(cgroup_id)))
+
+    try:
+        assert small.start()["process_exec"].loaded
+        (first_path, first), (second_path, second) = cgroups.make("slot-a"), cgroups.make("slot-b")
+        watching = {first, second}
+        small.watch(first)
+        small.watch(second)  # the slot is taken: the overflow
+        assert seen(first_path, first) and seen(second_path, second)
+        small.unwatch(first)
+        watching.discard(first)
+        assert not seen(first_path, first)
+        assert seen(second_path, second)  # still in the overflow, the slot empty
+        small.unwatch(second)
+        watching.clear()
+        assert not seen(second_path, second)
+        small.watch(second)  # now into the free slot, the overflow empty
+        watching.add(second)
+        assert seen(second_path, second)
+    finally:
+        small.stop()
+
+
 def test_killed_process_reports_the_signal(monitor, event_log, cgroups):
     bpf_monitor, _ = monitor
     path, cgroup_id = cgroups.make("killed")
@@ -137,7 +176,7 @@ def test_busy_process_in_an_unwatched_cgroup_yields_nothing(monitor, event_log, 
     event_log.wait_for(lambda seen: any(e.kind == "exit" for e in lifecycle(seen)), watched_id)
     stats = bpf_monitor.program_stats()
     assert stats["process_exec"].run_count - runs_before["process_exec"] >= 31  # the probes did run
-    assert stats["rss_sample_switch"].run_count > runs_before["rss_sample_switch"]
+    assert stats["rss_sample"].run_count > runs_before["rss_sample"]
     assert event_log.for_cgroup(unwatched_id) == []
     assert bpf_monitor.cgroup_rss(unwatched_id) is None
 
@@ -148,7 +187,7 @@ BROKEN_UNITS = {
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    struct watch_config *config = watched_cgroups.lookup(&cgroup_id);
+    struct watch_config *config = find_watch(cgroup_id);
     return config->watch_serial;
 }
 """,
@@ -247,7 +286,7 @@ def test_rss_beyond_the_slot_tables_is_summed_exactly_and_released(cgroups, samp
                        rss_sampling=sampled)
     try:
         statuses = small.start()
-        used = ("rss_sample_switch", "rss_sample_tick") if sampled else ("rss_stat",)
+        used = ("rss_sample",) if sampled else ("rss_stat",)
         assert all(statuses[name].loaded for name in used), statuses
         path, cgroup_id = cgroups.make("mm-overflow")
         small.watch(cgroup_id)
@@ -266,13 +305,41 @@ def test_rss_beyond_the_slot_tables_is_summed_exactly_and_released(cgroups, samp
         small.stop()
 
 
+def test_a_sampler_the_kernel_refuses_leaves_rss_to_every_change(cgroups):
+    # As on a kernel without bpf_get_current_task_btf (before 5.11): the verifier refuses the sampler, so RSS is
+    # counted on kmem:rss_stat, and the status says why.
+    memory = packaged_unit("memory")
+    # A helper number no kernel has, as bpf_get_current_task_btf's is unknown to one before 5.11.
+    refused = memory.replace("    sample_current_task();\n", "    return ((u64 (*)(void))100000)();\n")
+    assert refused != memory
+    monitor = BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, extra_units={"memory": refused})
+    try:
+        statuses = monitor.start()
+        assert not statuses["rss_sample"].loaded
+        assert statuses["rss_sample"].detail.startswith(
+            "not attached: RSS counted at every change on kmem:rss_stat instead (the sampler does not load on this "
+            "kernel (rss_sample: "), statuses["rss_sample"].detail
+        assert statuses["rss_stat"].loaded, statuses["rss_stat"]
+        path, cgroup_id = cgroups.make("refused-sampler")
+        monitor.watch(cgroup_id)
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE,
+                                  preexec_fn=join_cgroup(path))
+        deadline = time.monotonic() + 20
+        while monitor.cgroup_rss(cgroup_id).rss_bytes < 32 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.cgroup_rss(cgroup_id).rss_bytes >= 32 << 20
+        holder.communicate(b"")
+    finally:
+        monitor.stop()
+
+
 def test_sampled_rss_is_the_exact_sum_the_kernel_traces(cgroups):
     # Two monitors on one cgroup: one samples the mm counters (its global part plus each CPU's, with the
     # offsets it calibrated), the other keeps kmem:rss_stat's records, whose sizes the kernel sums exactly.
     # Once the holders wait, nothing changes their counters: a per-CPU part left out would show.
     sampled, traced = (BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, rss_sampling=mode) for mode in (True, False))
     try:
-        assert sampled.start()["rss_sample_switch"].loaded and traced.start()["rss_stat"].loaded
+        assert sampled.start()["rss_sample"].loaded and traced.start()["rss_stat"].loaded
         path, cgroup_id = cgroups.make("exact")
         sampled.watch(cgroup_id)
         traced.watch(cgroup_id)
@@ -297,7 +364,7 @@ def test_a_cgroup_watched_in_a_freed_place_starts_from_zero(cgroups):
     small = BpfMonitor(EventLog(), programs=MEMORY_PROGRAMS, extra_units={COMMON_UNIT: two_places})
     holder = None
     try:
-        assert small.start()["rss_sample_switch"].loaded
+        assert small.start()["rss_sample"].loaded
         (first_path, first), (_, second), (third_path, third) = (cgroups.make(f"place-{n}") for n in range(3))
         small.watch(first)
         small.watch(second)
@@ -355,7 +422,7 @@ def test_processes_named_at_watch_are_sampled_and_others_from_their_fork_or_exec
 def test_program_stats_count_runs_and_time(monitor):
     bpf_monitor, _ = monitor
     stats = bpf_monitor.program_stats()
-    assert stats["rss_sample_switch"].run_count > 0 and stats["rss_sample_switch"].run_time_ns > 0
+    assert stats["rss_sample"].run_count > 0 and stats["rss_sample"].run_time_ns > 0
     assert all(entry.events_lost == 0 for entry in stats.values())
 
 

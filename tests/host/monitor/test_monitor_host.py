@@ -61,7 +61,7 @@ def test_programs_are_reported_in_status(daemon_process: DaemonProcess) -> None:
     require_bcc_host()
     capabilities = json.loads(daemon_process.cli("status", "--json").stdout)["capabilities"]
     assert capabilities["bcc"]["in_use"]
-    for program in ("process_exec", "process_fork", "process_exit", "rss_sample_switch", "rss_sample_tick"):
+    for program in ("process_exec", "process_fork", "process_exit", "rss_sample"):
         assert capabilities[f"bpf_{program}"]["in_use"], capabilities[f"bpf_{program}"]
     # RSS is sampled here: the program that counts it at every change could run, and is not needed.
     every_change = capabilities["bpf_rss_stat"]

@@ -36,10 +36,10 @@ def test_every_default_program_has_a_packaged_source_defining_its_function():
         if isinstance(spec.attach, Tracepoint):
             assert f"TRACEPOINT_PROBE({spec.attach.category}, {spec.attach.event})" in source
         elif isinstance(spec.attach, RawTracepoint):
-            assert f"RAW_TRACEPOINT_PROBE({spec.attach.tracepoint.event})" in source
+            assert f"int {spec.attach.function}(struct bpf_raw_tracepoint_args *ctx)" in source
         else:
             assert f"LSM_PROBE({spec.attach.hook}," in source
-    assert "BPF_HASH(watched_cgroups" in packaged_unit("common")
+    assert "BPF_ARRAY(watch_slots" in packaged_unit("common")
     assert "int calibrate_cpu_offset(struct bpf_raw_tracepoint_args *ctx)" in packaged_unit("rss")
 
 

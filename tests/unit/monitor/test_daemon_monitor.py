@@ -31,7 +31,7 @@ from tests.unit.daemon.conftest import make_daemon
 
 MIB = 1 << 20
 LSM_REASON = "BPF LSM not active (active LSMs: lockdown,capability; boot with lsm=...,bpf)"
-NOT_NEEDED = "not attached: not needed, RSS sampled from atomic mm counters (rss_sample_switch, rss_sample_tick)"
+NOT_NEEDED = "not attached: not needed, RSS sampled from atomic mm counters (rss_sample)"
 
 
 class FakeBpf:
