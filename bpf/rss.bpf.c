@@ -31,6 +31,7 @@ struct cgroup_memory {
     s64 rss;
     s64 peak;
     u64 memory_ref;   /* 0: free */
+    u64 unused;       /* 32 bytes: each entry in one cache line, which every sample and exit of its cgroup takes */
 };
 
 /* A watched cgroup's spike threshold, in the same slot: written by user space (watch(), set_threshold()), except
@@ -84,10 +85,10 @@ static __always_inline void add_to_cgroup(u64 memory_ref, s64 delta, struct rss_
     if (!memory)
         return;
     s64 rss = __sync_fetch_and_add(&memory->rss, delta) + delta;
-    if (rss > memory->peak)
-        memory->peak = rss;
     if (delta <= 0)
         return;
+    if (rss > memory->peak)
+        memory->peak = rss;
     u32 slot = MEMORY_SLOT(memory_ref);
     struct cgroup_spike *spike = cgroup_spike.lookup(&slot);
     if (!spike || spike->memory_ref != memory_ref || spike->threshold == 0)
