@@ -210,9 +210,14 @@ def summary(values: list[float]) -> dict[str, float | int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer trials")
+    parser.add_argument("--quick", action="store_true", help="fewer trials (6)")
+    parser.add_argument("--trials", type=int, default=20,
+                        help="trials, an even number: half of each allocator behaviour (default 20: p99 is then "
+                             "the slowest trial; 100 or more for a p99 that is not)")
     args = parser.parse_args()
-    trials = 6 if args.quick else 20  # even: half of each AFTER_CROSSING
+    trials = 6 if args.quick else args.trials
+    if trials < 2 or trials % len(AFTER_CROSSING):
+        parser.error(f"--trials must be a positive multiple of {len(AFTER_CROSSING)}, got {trials}")
 
     samples: dict[str, list[float]] = {name: [] for name in (
         "daemon_client", "callback", "kernel", "poll_1s", "poll_100ms",
