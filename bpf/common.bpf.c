@@ -144,11 +144,17 @@ static __always_inline s64 *overflow_count(u32 table)
     return overflow_entries.lookup(&table);
 }
 
+/* Fibonacci hashing: the upper half of the product spreads keys whose low bits repeat with a stride. */
+static __always_inline u32 fibonacci_hash(u64 key)
+{
+    return (u32)((key * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
 /* Cgroup ids are kernfs inode numbers, handed out in sequence to every cgroupfs file too, so their low bits
- * repeat with a stride: Fibonacci hashing spreads them (monitor.py computes the same slot). */
+ * repeat with a stride (monitor.py computes the same slot). */
 static __always_inline u32 watch_slot_index(u64 cgroup_id)
 {
-    return (u32)((cgroup_id * 0x9E3779B97F4A7C15ULL) >> 32) % WATCH_SLOTS;
+    return fibonacci_hash(cgroup_id) % WATCH_SLOTS;
 }
 
 /*

@@ -47,8 +47,8 @@ BPF_TABLE("lru_hash", u64, struct mm_rss, mm_overflow, MAX_TRACKED_PROCESSES);
 
 static __always_inline u32 mm_slot_index(u64 key)
 {
-    /* Fibonacci hashing: mm addresses are slab-aligned, so their low bits alone would crowd a few slots. */
-    return (u32)((key * 0x9E3779B97F4A7C15ULL) >> 32) % MM_SLOTS;
+    /* mm addresses are slab-aligned, so their low bits alone would crowd a few slots. */
+    return fibonacci_hash(key) % MM_SLOTS;
 }
 
 static __always_inline struct mm_rss *find_mm(u64 key)

@@ -266,6 +266,18 @@ def waiting_for_input(pid: int) -> bool:
     return Path(f"/proc/{pid}/wchan").read_text() in ("pipe_read", "anon_pipe_read")  # 6.18 calls it the latter
 
 
+def hold_until_counted(bpf_monitor: BpfMonitor, path: Path, cgroup_id: int, size: int) -> subprocess.Popen:
+    """A HOLD process of `size` bytes in the watched cgroup `path`, once the cgroup's RSS counts them (asserted,
+    within 20 s)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(size)], stdin=subprocess.PIPE,
+                              preexec_fn=join_cgroup(path))
+    deadline = time.monotonic() + 20
+    while bpf_monitor.cgroup_rss(cgroup_id).rss_bytes < size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bpf_monitor.cgroup_rss(cgroup_id).rss_bytes >= size
+    return holder
+
+
 MEMORY_PROGRAMS = [spec for spec in DEFAULT_PROGRAMS if spec.unit in ("memory", "lifecycle")]
 
 
@@ -322,13 +334,7 @@ def test_a_sampler_the_kernel_refuses_leaves_rss_to_every_change(cgroups):
         assert statuses["rss_stat"].loaded, statuses["rss_stat"]
         path, cgroup_id = cgroups.make("refused-sampler")
         monitor.watch(cgroup_id)
-        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE,
-                                  preexec_fn=join_cgroup(path))
-        deadline = time.monotonic() + 20
-        while monitor.cgroup_rss(cgroup_id).rss_bytes < 32 << 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert monitor.cgroup_rss(cgroup_id).rss_bytes >= 32 << 20
-        holder.communicate(b"")
+        hold_until_counted(monitor, path, cgroup_id, 32 << 20).communicate(b"")
     finally:
         monitor.stop()
 
@@ -370,12 +376,7 @@ def test_a_cgroup_watched_in_a_freed_place_starts_from_zero(cgroups):
         small.watch(second)
         with pytest.raises(BpfMonitorError, match=f"cannot watch cgroup {third}: 2 cgroups are watched already"):
             small.watch(third)
-        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE,
-                                  preexec_fn=join_cgroup(first_path))
-        deadline = time.monotonic() + 20
-        while small.cgroup_rss(first).rss_bytes < 32 << 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert small.cgroup_rss(first).rss_bytes >= 32 << 20
+        holder = hold_until_counted(small, first_path, first, 32 << 20)
         small.unwatch(first)
         assert small.cgroup_rss(first) is None
         small.watch(third)
