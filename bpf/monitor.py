@@ -592,9 +592,7 @@ class BpfMonitor:
         watched already."""
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
-        for tgid in processes:
-            if not isinstance(tgid, int) or isinstance(tgid, bool) or tgid <= 0:
-                raise ValueError(f"processes must be positive pids, got {tgid!r}")
+        _check_processes(processes)
         with self._lock:
             memory = self._table("cgroup_memory")
             ref = self._memory_refs.get(cgroup_id)
@@ -624,6 +622,17 @@ class BpfMonitor:
             if ref is None:
                 raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
             self._write_spike(ref, cgroup_id, spike_threshold_bytes)
+
+    def track(self, cgroup_id: int, processes: Collection[int]) -> None:
+        """Track processes (tgids) that entered the watched cgroup `cgroup_id` since its watch() (moved into it):
+        the programs saw neither their fork nor an exec there. BpfMonitorError if the cgroup is not watched."""
+        _check_cgroup_id(cgroup_id)
+        _check_processes(processes)
+        with self._lock:
+            ref = self._memory_refs.get(cgroup_id)
+            if ref is None:
+                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
+            self._track_processes(cgroup_id, ref, processes)
 
     def _track_processes(self, cgroup_id: int, ref: int, processes: Collection[int]) -> None:
         """Put processes of a newly watched cgroup in the process table (common.bpf.c), where their slot is free.
@@ -798,6 +807,12 @@ def _check_cgroup_id(cgroup_id: int) -> None:
     if not isinstance(cgroup_id, int) or isinstance(cgroup_id, bool) or cgroup_id <= 0:
         raise ValueError(f"cgroup id must be a positive integer (the cgroup directory's inode), "
                          f"got {cgroup_id!r}")
+
+
+def _check_processes(processes: Collection[int]) -> None:
+    for tgid in processes:
+        if not isinstance(tgid, int) or isinstance(tgid, bool) or tgid <= 0:
+            raise ValueError(f"processes must be positive pids, got {tgid!r}")
 
 
 def _check_threshold(spike_threshold_bytes: int | None) -> None:

@@ -83,6 +83,8 @@ class BpfBackend(Protocol):
 
     def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None: ...
 
+    def track(self, cgroup_id: int, processes: Collection[int]) -> None: ...
+
     def unwatch(self, cgroup_id: int) -> None: ...
 
     def flush(self) -> None: ...
@@ -264,6 +266,18 @@ class Monitor(Observer):
 
     def call_recovered(self, call: RunningCall) -> None:
         self.call_started(call)  # from now on: its execs and spikes before the restart are not known
+
+    def process_attached(self, call: RunningCall, pid: int) -> None:
+        """A process moved into a watched call: the programs saw neither its fork nor an exec there, so they
+        sample its memory only once named (an attached process that runs on without exec'ing, e.g. an agent's
+        own worker, would otherwise go uncounted)."""
+        with self._lock:
+            if call.cgroup_id not in self._watched:
+                return
+        try:
+            self._backend.track(call.cgroup_id, [pid])
+        except (BpfMonitorError, ValueError) as refused:
+            log.warning("process %d of call %s not tracked: %s", pid, call.call_id, refused)
 
     def set_call_threshold(self, call_id: str, threshold_bytes: int | None) -> None:
         """Replace a running call's spike threshold (None: no spike events) and re-arm it; the policy

@@ -120,6 +120,9 @@ class Observer:
     def call_recovered(self, call: RunningCall) -> None:
         """Found still running at start-up: it began under an earlier daemon (what it did then is unseen)."""
 
+    def process_attached(self, call: RunningCall, pid: int) -> None:
+        """Process `pid` was moved into the call's cgroup (BeginToolCall's pid, AttachProcess)."""
+
     def call_ending(self, call: RunningCall, summary: dict[str, Any]) -> None:
         """Its processes are gone or killed; its cgroup still exists."""
 
@@ -379,6 +382,7 @@ class Warden:
         except OSError as exc:
             raise FailedPrecondition(f"cannot move pid {pid} into call {call.call_id}: {exc}") from exc
         call.attached = True
+        self._notify("process_attached", call, pid)
         self.watch_emptied(call.path)
 
     def end_call(self, principal: Principal, call_id: str, exit_code: int | None) -> dict[str, Any]:

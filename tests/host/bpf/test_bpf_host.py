@@ -420,6 +420,32 @@ def test_processes_named_at_watch_are_sampled_and_others_from_their_fork_or_exec
         bpf_monitor.watch(ids[0], processes=[0])
 
 
+def test_a_process_moved_into_a_watched_cgroup_is_sampled_once_tracked(monitor, cgroups):
+    # Neither its fork nor an exec happened in the cgroup: track() names it (the daemon does at each attach).
+    bpf_monitor, _ = monitor
+    path, cgroup_id = cgroups.make("moved-in")
+    bpf_monitor.watch(cgroup_id)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not waiting_for_input(holder.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (path / "cgroup.procs").write_text(str(holder.pid))
+        holder.stdin.write(b"x")  # a context switch in the cgroup: not counted, not tracked yet
+        holder.stdin.flush()
+        time.sleep(0.2)
+        assert bpf_monitor.cgroup_rss(cgroup_id).rss_bytes == 0
+        bpf_monitor.track(cgroup_id, [holder.pid])
+        holder.stdin.write(b"x")
+        holder.stdin.flush()
+        time.sleep(0.2)
+        assert bpf_monitor.cgroup_rss(cgroup_id).rss_bytes >= 32 << 20
+        with pytest.raises(BpfMonitorError, match="is not watched"):
+            bpf_monitor.track(cgroup_id + 1_000_000, [holder.pid])
+    finally:
+        holder.communicate(b"")
+
+
 def test_program_stats_count_runs_and_time(monitor):
     bpf_monitor, _ = monitor
     stats = bpf_monitor.program_stats()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class FakeBpf:
               processes: Collection[int] = ()) -> None:
         self.thresholds[cgroup_id] = spike_threshold_bytes
         self.processes[cgroup_id] = list(processes)
+
+    def track(self, cgroup_id: int, processes: Collection[int]) -> None:
+        assert cgroup_id in self.thresholds
+        self.processes[cgroup_id] += processes
 
     def set_threshold(self, cgroup_id: int, spike_threshold_bytes: int | None) -> None:
         assert cgroup_id in self.thresholds
@@ -189,6 +194,12 @@ def test_processes_already_in_a_watched_cgroup_are_named_to_the_programs(harness
     second = harness.begin()  # watched all the same; its processes are tracked from their next fork or exec
     assert harness.bpf.processes[second.cgroup_id] == []
     assert second.cgroup_id in harness.bpf.thresholds
+
+
+def test_a_process_attached_to_a_call_is_named_to_the_programs(harness: Harness) -> None:
+    # Moved in after the call began (BeginToolCall's pid): without an exec there the programs would not count it.
+    call = harness.warden.begin_call(ADMIN, "sb", "pytest", Intent(), "pytest -q", pid=os.getpid())
+    assert harness.bpf.processes[call.cgroup_id] == [os.getpid()]
 
 
 def test_a_sandbox_without_an_agent_cgroup_is_logged_and_not_watched(harness: Harness,
