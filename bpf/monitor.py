@@ -618,10 +618,7 @@ class BpfMonitor:
         _check_cgroup_id(cgroup_id)
         _check_threshold(spike_threshold_bytes)
         with self._lock:
-            ref = self._memory_refs.get(cgroup_id)
-            if ref is None:
-                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
-            self._write_spike(ref, cgroup_id, spike_threshold_bytes)
+            self._write_spike(self._watched_ref(cgroup_id), cgroup_id, spike_threshold_bytes)
 
     def track(self, cgroup_id: int, processes: Collection[int]) -> None:
         """Track processes (tgids) that entered the watched cgroup `cgroup_id` since its watch() (moved into it):
@@ -629,10 +626,14 @@ class BpfMonitor:
         _check_cgroup_id(cgroup_id)
         _check_processes(processes)
         with self._lock:
-            ref = self._memory_refs.get(cgroup_id)
-            if ref is None:
-                raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
-            self._track_processes(cgroup_id, ref, processes)
+            self._track_processes(cgroup_id, self._watched_ref(cgroup_id), processes)
+
+    def _watched_ref(self, cgroup_id: int) -> int:
+        """A watched cgroup's memory_ref (under self._lock); BpfMonitorError if it is not watched."""
+        ref = self._memory_refs.get(cgroup_id)
+        if ref is None:
+            raise BpfMonitorError(f"cgroup {cgroup_id} is not watched: watch() it first")
+        return ref
 
     def _track_processes(self, cgroup_id: int, ref: int, processes: Collection[int]) -> None:
         """Put processes of a newly watched cgroup in the process table (common.bpf.c), where their slot is free.
