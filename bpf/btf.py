@@ -305,7 +305,7 @@ def rss_layout(btf: Btf) -> RssLayout:
                                  counters=_member_of_size(btf, counter, "counters", 8),
                                  anchor=cpu_offset_anchor(btf))
     if (btf.size(element) | percpu.count | percpu.counters) % 8:
-        # The program copies the counters into 8-byte words and takes these fields from them.
+        # The program loads these fields of each counter as 8-byte words: they must be aligned in every one.
         raise BtfError(f"percpu_counter is {btf.size(element)} bytes with count at {percpu.count} and counters at "
                        f"{percpu.counters}: not all multiples of 8")
     return RssLayout(mm_rss_stat, btf.size(element), percpu, vfork_done)

@@ -144,6 +144,13 @@ static __always_inline s64 *overflow_count(u32 table)
     return overflow_entries.lookup(&table);
 }
 
+/* Whether a key missing from its array slot may be in overflow table `table`. */
+static __always_inline int overflow_in_use(u32 table)
+{
+    s64 *entries = overflow_count(table);
+    return entries && *entries > 0;
+}
+
 /* Fibonacci hashing: the upper half of the product spreads keys whose low bits repeat with a stride. */
 static __always_inline u32 fibonacci_hash(u64 key)
 {
@@ -168,8 +175,7 @@ static __always_inline struct watch_config *find_watch(u64 cgroup_id)
     struct watch_slot *slot = watch_slots.lookup(&index);
     if (slot && slot->cgroup_id == cgroup_id)
         return &slot->config;
-    s64 *entries = overflow_count(OVERFLOW_WATCHES);
-    return entries && *entries > 0 ? watch_overflow.lookup(&cgroup_id) : 0;
+    return overflow_in_use(OVERFLOW_WATCHES) ? watch_overflow.lookup(&cgroup_id) : 0;
 }
 
 /* The process's array slot if it holds the process; costs no helper call. */
@@ -187,8 +193,7 @@ static __always_inline struct process_info *find_process(u32 tgid)
     struct process_info *slot = find_process_slot(tgid);
     if (slot)
         return slot;
-    s64 *entries = overflow_count(OVERFLOW_PROCESSES);
-    return entries && *entries > 0 ? process_overflow.lookup(&tgid) : 0;
+    return overflow_in_use(OVERFLOW_PROCESSES) ? process_overflow.lookup(&tgid) : 0;
 }
 
 static __always_inline void track_process(u32 tgid, u32 ppid, u64 cgroup_id, u64 memory_ref)

@@ -57,10 +57,7 @@ static __always_inline struct mm_rss *find_mm(u64 key)
     struct mm_rss *slot = mm_slots.lookup(&index);
     if (slot && slot->key == key)
         return slot;
-    s64 *entries = overflow_count(OVERFLOW_MMS);
-    if (!entries || *entries <= 0)
-        return 0;
-    return mm_overflow.lookup(&key);
+    return overflow_in_use(OVERFLOW_MMS) ? mm_overflow.lookup(&key) : 0;
 }
 
 /* A new mm of the current task, charged to the watched cgroup `memory_ref` names, with zero counters. */

@@ -636,7 +636,8 @@ class BpfMonitor:
         return ref
 
     def _track_processes(self, cgroup_id: int, ref: int, processes: Collection[int]) -> None:
-        """Put processes of a newly watched cgroup in the process table (common.bpf.c), where their slot is free.
+        """Put processes already in a watched cgroup (there at watch(), or moved in since) in the process table
+        (common.bpf.c), where their slot is free.
         Where a live process holds it (only where pid_max > the table's size) the process is left out: the
         overflow hash's entry count is the kernel's to keep. The kernel writes a slot only for a process of its
         own tgid, so none of these writes races with one of its."""

@@ -172,7 +172,7 @@ static __always_inline s64 resident_pages(u64 mm)
         if (!offset || !*offset)
             continue;
         if (adjacent) {
-            s32 parts[4] = {};
+            s32 parts[RSS_MEMBER_SHMEM + 1] = {};
             bpf_probe_read_kernel(parts, sizeof(parts), (void *)(file_parts + *offset));
             file += parts[RSS_MEMBER_FILE];
             anon += parts[RSS_MEMBER_ANON];
@@ -250,10 +250,11 @@ static __always_inline void sample_process_rss(struct process_info *process)
 }
 
 /*
- * The samplers (memory.bpf.c): the current task's RSS if it is a tracked process (its fork or exec in a watched
- * cgroup was seen, or user space named it at watch(): monitor.py). The process table's array is the filter, not
- * the watched-cgroup lookup the other programs do: these run at every context switch and timer interrupt on the
- * host, and in an interrupt, where little is in the cache, the cgroup id and hash lookup alone cost ~350 ns.
+ * The sampler (memory.bpf.c's rss_sample): the current task's RSS if it is a tracked process (its fork or exec in
+ * a watched cgroup was seen, or user space named it at watch() or track(): monitor.py). The process table's array
+ * is the filter, not the watched-cgroup lookup the other programs do: the sampler runs at every context switch and
+ * timer interrupt on the host, and in an interrupt, where little is in the cache, the cgroup id and hash lookup
+ * alone cost ~350 ns.
  */
 static __always_inline void sample_current_task(void)
 {

@@ -228,7 +228,7 @@ class Monitor(Observer):
         with self._lock:
             self._watched[cgroup_id] = watched
         try:
-            processes = self._warden.tree.pids(path)  # there already (a call's process, a recovered sandbox's)
+            processes = self._warden.tree.pids(path)  # there already (a recovered call's, a sandbox's agent)
         except (CgroupError, OSError) as unreadable:
             log.warning("cgroup %s: processes unknown (%s): they are tracked from their next fork or exec", path,
                         unreadable)
