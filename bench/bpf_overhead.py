@@ -8,12 +8,13 @@ The slowdown is the median over pairs of the on/off ratio of the load's wall tim
 observe), with a distribution-free 95 % confidence interval of that median; CPU time is far less
 disturbed by other work on a shared machine. The kernel's run-time statistics are on during the
 on rounds as `--run-time-stats` says (default: sampled, as in the daemon: they cost about 60 ns
-per program run here). Beside the slowdown, what the programs' own run time accounts for: their
-run time in a last, longer round with the statistics on, per load process, over the load's CPU
-time per process with the probes off (programs run for every process on the host, so this is an
-upper bound for the load). The event reader's CPU (a thread of this process: its CPU time with the probes on
-minus off) is reported apart. Last line of
-stdout: JSON."""
+per program run here). Each program's mean cost per run comes from cost rounds with the statistics
+on, longer than a slowdown round and spread over the run (the host's state drifts from minute to
+minute): over all their runs, and the median and range of the rounds' means. Beside the slowdown,
+what the programs' own run time accounts for: their run time in those rounds per load process, over
+the load's CPU time per process with the probes off (programs run for every process on the host, so
+this is an upper bound for the load). The event reader's CPU (a thread of this process: its CPU
+time with the probes on minus off) is reported apart. Last line of stdout: JSON."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ CONFIDENCE = 0.95
 # Before each measured round, an unmeasured one this much shorter: loading the programs (a clang run) leaves
 # the CPU caches cold, and the rounds with the probes off must start from the same state.
 WARM_UP_FRACTION = 10
-# The per-program costs: one round this many times a slowdown round's length, with run-time statistics on.
+# The per-program costs: rounds this many times a slowdown round's length, with run-time statistics on, spread
+# over the run (after every few pairs): one round alone measures one second of a host whose state drifts.
 COST_ROUND_FACTOR = 5
 
 
@@ -144,20 +146,61 @@ def measure_on(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> tuple[
         return run_load(cgroup, count), not_loaded
 
 
-def measure_costs(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> dict[str, list[int]]:
+@dataclass(frozen=True)
+class RoundCost:
+    """One program's run time, runs and lost events over one cost round."""
+
+    run_time_ns: int
+    runs: int
+    lost: int
+
+
+def measure_costs(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> dict[str, RoundCost]:
     """Each program's run time, runs and lost events over `count` load processes, run-time statistics on."""
     with programs_loaded(cgroup, count, monitor):
         before = monitor.program_stats()
         run_load(cgroup, count)
         after = monitor.program_stats()
-    return {name: [stats.run_time_ns - before[name].run_time_ns, stats.run_count - before[name].run_count,
-                   stats.events_lost] for name, stats in after.items()}
+    return {name: RoundCost(stats.run_time_ns - before[name].run_time_ns, stats.run_count - before[name].run_count,
+                            stats.events_lost) for name, stats in after.items()}
+
+
+@dataclass(frozen=True)
+class ProgramCost:
+    """One program over all cost rounds: runs, mean ns per run (all runs), and the spread of the rounds' means."""
+
+    runs: int
+    lost: int
+    mean_ns: float | None
+    round_means_ns: list[float]
+
+    @classmethod
+    def of(cls, rounds: Sequence[RoundCost]) -> ProgramCost:
+        runs = sum(cost.runs for cost in rounds)
+        return cls(runs, sum(cost.lost for cost in rounds),
+                   sum(cost.run_time_ns for cost in rounds) / runs if runs else None,
+                   [cost.run_time_ns / cost.runs for cost in rounds if cost.runs])
+
+    def as_json(self) -> dict[str, object]:
+        means = self.round_means_ns
+        return {"runs": self.runs, "mean_ns": round(self.mean_ns, 1) if self.mean_ns else None,
+                "round_median_ns": round(statistics.median(means), 1) if means else None,
+                "round_min_ns": round(min(means), 1) if means else None,
+                "round_max_ns": round(max(means), 1) if means else None, "lost": self.lost}
+
+
+def cost_round_after(pair: int, pairs: int, cost_rounds: int) -> bool:
+    """Whether a cost round follows pair `pair`: `cost_rounds` of them spread evenly over `pairs`, the last one
+    after the last pair."""
+    return (pair + 1) * cost_rounds // pairs > pair * cost_rounds // pairs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer pairs of rounds")
     parser.add_argument("--pairs", type=int, help="pairs of rounds (default 40, --quick 10)")
+    parser.add_argument("--cost-rounds", type=int, help="rounds measuring each program's cost, spread over the "
+                        "pairs (default 10, --quick 3; at most --pairs)")
     parser.add_argument("--processes", type=int, default=300, help="processes per round (default 300)")
     parser.add_argument("--all-events", action="store_true",
                         help="send fork and exit events to user space too (the daemon does not ask for them)")
@@ -181,8 +224,11 @@ def main() -> None:
     dedup_execs = MONITOR_DEDUP_EXECS and not args.every_exec
     count = args.processes
     pairs = args.pairs or (10 if args.quick else 40)
+    cost_rounds = args.cost_rounds or (3 if args.quick else 10)
     if pairs < 2 or count < 1:
         parser.error("--pairs must be at least 2 and --processes at least 1")
+    if not 1 <= cost_rounds <= pairs:
+        parser.error(f"--cost-rounds must be 1 to --pairs ({pairs}), got {cost_rounds}")
 
     specs, units = empty_programs() if args.empty_programs else (list(DEFAULT_PROGRAMS), {})
     if args.programs:
@@ -201,7 +247,7 @@ def main() -> None:
     off: list[LoadRun] = []
     not_loaded: list[str] = []
     on: list[LoadRun] = []
-    totals: dict[str, list[int]] = {}
+    rounds: list[dict[str, RoundCost]] = []
     try:
         run_load(cgroup, count)  # warm the page cache and the shell
         for pair in range(pairs):
@@ -214,18 +260,21 @@ def main() -> None:
                 on.append(on_run)
             if not pair % 2:
                 off.append(measure_off(cgroup, count, monitor()))
-        if not args.control:
-            totals = measure_costs(cgroup, count * COST_ROUND_FACTOR, monitor("always"))
+            if not args.control and cost_round_after(pair, pairs, cost_rounds):
+                rounds.append(measure_costs(cgroup, count * COST_ROUND_FACTOR, monitor("always")))
     finally:
         cgroup.remove()
 
     wall = slowdown([r.wall_s for r in off], [r.wall_s for r in on])
     cpu = slowdown([r.cpu_s for r in off], [r.cpu_s for r in on])
     processes = count * pairs
-    cost_processes = count * COST_ROUND_FACTOR
+    cost_processes = count * COST_ROUND_FACTOR * len(rounds)
+    costs = {name: ProgramCost.of([cost[name] for cost in rounds if name in cost]) for name in rounds[0]} \
+        if rounds else {}
     off_cpu_us = sum(r.cpu_s for r in off) / processes * 1e6
     on_cpu_us = sum(r.cpu_s for r in on) / processes * 1e6
-    program_us = sum(total[0] for total in totals.values()) / cost_processes / 1e3
+    program_us = sum(sum(cost[name].run_time_ns for cost in rounds) for name in costs) / cost_processes / 1e3 \
+        if rounds else 0.0
     attributable_pct = program_us / off_cpu_us * 100
     reader_us = (sum(r.own_cpu_s for r in on) - sum(r.own_cpu_s for r in off)) / processes * 1e6
     off_wall, on_wall = statistics.median(r.wall_s for r in off), statistics.median(r.wall_s for r in on)
@@ -244,19 +293,26 @@ def main() -> None:
     print(f"slowdown, wall time:      {wall}")
     print(f"slowdown, load CPU time:  {cpu}  (target < 2 %)")
     print(f"programs' own run time:   {program_us:.2f} us per load process = {attributable_pct:.2f} % of the "
-          "load's CPU time with the probes off (upper bound: runs of other processes included; from a round of "
-          f"{cost_processes} processes with run-time statistics on, which cost about 60 ns per program run more)")
+          "load's CPU time with the probes off (upper bound: runs of other processes included; from "
+          f"{len(rounds)} rounds of {count * COST_ROUND_FACTOR} processes spread over the run, run-time statistics "
+          "on, which cost about 60 ns per program run more)")
     print(f"event reader (a thread of this process): {reader_us:.1f} us CPU per load process (this process's "
           "CPU with the probes on minus off)")
-    per_program = {}
-    print(f"{'program':<22}{'runs':>10}{'runs/process':>14}{'mean ns/run':>14}{'lost':>6}")
-    for name, (run_time_ns, run_count, lost) in totals.items():
-        mean = run_time_ns / run_count if run_count else None
-        per_program[name] = {"runs": run_count, "mean_ns": round(mean, 1) if mean else None, "lost": lost}
-        print(f"{name:<22}{run_count:>10}{run_count / cost_processes:>14.1f}{(f'{mean:.0f}' if mean else '-'):>14}"
-              f"{lost:>6}")
+    print(f"{'program':<22}{'runs':>10}{'runs/process':>14}{'mean ns/run':>14}{'rounds: median':>16}"
+          f"{'min..max':>14}{'lost':>6}")
+    for name, cost in costs.items():
+        figures = cost.as_json()
+
+        def ns(key: str, figures: dict[str, object] = figures) -> str:
+            return "-" if figures[key] is None else f"{figures[key]:.0f}"
+
+        spread = "-" if figures["round_min_ns"] is None else f"{ns('round_min_ns')}..{ns('round_max_ns')}"
+        mean, median = ns("mean_ns"), ns("round_median_ns")
+        print(f"{name:<22}{cost.runs:>10}{cost.runs / cost_processes:>14.1f}{mean:>14}{median:>16}{spread:>14}"
+              f"{cost.lost:>6}")
     print(f"not loaded here: {', '.join(not_loaded) or 'none'}")
     print(json.dumps({"bench": "bpf_overhead", "processes_per_round": count, "pairs": pairs,
+                      "cost_rounds": len(rounds), "processes_per_cost_round": count * COST_ROUND_FACTOR,
                       "all_events": args.all_events, "dedup_execs": dedup_execs,
                       "empty_programs": args.empty_programs, "control": args.control,
                       "every_change_rss": args.every_change_rss,
@@ -265,7 +321,8 @@ def main() -> None:
                       "off_cpu_us_per_process": round(off_cpu_us, 1), "on_cpu_us_per_process": round(on_cpu_us, 1),
                       "wall_slowdown": wall.as_json(), "cpu_slowdown": cpu.as_json(),
                       "program_us_per_process": round(program_us, 2), "attributable_pct": round(attributable_pct, 2),
-                      "reader_cpu_us_per_process": round(reader_us, 2), "programs": per_program,
+                      "reader_cpu_us_per_process": round(reader_us, 2),
+                      "programs": {name: cost.as_json() for name, cost in costs.items()},
                       "not_loaded": not_loaded}))
 
 
