@@ -186,7 +186,8 @@ class ProgramCost:
         return {"runs": self.runs, "mean_ns": round(self.mean_ns, 1) if self.mean_ns else None,
                 "round_median_ns": round(statistics.median(means), 1) if means else None,
                 "round_min_ns": round(min(means), 1) if means else None,
-                "round_max_ns": round(max(means), 1) if means else None, "lost": self.lost}
+                "round_max_ns": round(max(means), 1) if means else None,
+                "round_means_ns": [round(mean, 1) for mean in means], "lost": self.lost}
 
 
 def cost_round_after(pair: int, pairs: int, cost_rounds: int) -> bool:
