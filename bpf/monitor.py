@@ -741,6 +741,11 @@ class BpfMonitor:
             stats[spec.name] = ProgramStats(counters.run_time_ns, counters.run_count, events_lost)
         return stats
 
+    def histogram(self, name: str) -> dict[int, int]:
+        """The non-zero buckets of BPF_HISTOGRAM `name`, which a unit passed in `extra_units` defines (benchmarks
+        that instrument a program: bench/bpf_run_times.py); BpfMonitorError if no loaded unit defines it."""
+        return {key.value: count.value for key, count in self._table(name).items() if count.value}
+
     @property
     def undecodable_records(self) -> int:
         return self._undecodable

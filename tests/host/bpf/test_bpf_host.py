@@ -538,3 +538,26 @@ def test_deduplicated_execs_report_each_path_once_per_watch_and_keep_fork_and_ex
             "/bin/echo", "/bin/true"]
     finally:
         dedup.stop()
+
+
+def test_a_histogram_an_extra_unit_defines_is_read_back(cgroups):
+    # What bench/bpf_run_times.py relies on: a unit given in extra_units defines a BPF_HISTOGRAM, and
+    # histogram() returns its non-zero buckets (here, one count per exec in the watched cgroup).
+    probe = "TRACEPOINT_PROBE(sched, sched_process_exec)\n{"
+    counting = packaged_unit("lifecycle").replace(
+        probe, f"BPF_HISTOGRAM(execs_seen, int, 4);\n{probe}\n    execs_seen.increment(2);")
+    monitor = BpfMonitor(EventLog(), programs=[p for p in DEFAULT_PROGRAMS if p.unit == "lifecycle"],
+                         extra_units={"lifecycle": counting})
+    try:
+        assert monitor.start()["process_exec"].loaded
+        path, cgroup_id = cgroups.make("histogram")
+        monitor.watch(cgroup_id)
+        # Every exec on the host counts (the increment is before the program's filter): these three at least.
+        before = monitor.histogram("execs_seen").get(2, 0)
+        subprocess.run([SHELL, "-c", "/bin/true; /bin/true"], preexec_fn=join_cgroup(path), check=True)
+        after = monitor.histogram("execs_seen")
+        assert set(after) == {2} and after[2] >= before + 3
+        with pytest.raises(BpfMonitorError, match="map no_such_histogram does not exist"):
+            monitor.histogram("no_such_histogram")
+    finally:
+        monitor.stop()
