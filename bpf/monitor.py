@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from hostwarden.bpf import kernel
 from hostwarden.bpf.btf import Btf, BtfError, KernelLayout, kernel_layout
@@ -158,6 +158,21 @@ def _error_detail(error: BaseException, stderr_text: str) -> str:
     lines = [line for line in stderr_text.splitlines() if "error" in line.lower() or line.startswith("R")]
     tail = lines[-_DETAIL_LINES:] or stderr_text.strip().splitlines()[-_DETAIL_LINES:]
     return "; ".join([str(error).strip().splitlines()[0], *tail])
+
+
+_Result = TypeVar("_Result")
+
+
+def _call_bcc(call: Callable[[], _Result]) -> tuple[_Result | None, str | None]:
+    """Runs a bcc compile, load or attach: (its result, None), or (None, why it failed: the exception and the
+    compiler's or verifier's lines from stderr)."""
+    failure: Exception | None = None
+    with _captured_stderr() as stderr:
+        try:
+            return call(), None
+        except Exception as refused:  # bcc raises bare Exception for compile, load and attach errors
+            failure = refused
+    return None, _error_detail(failure, "".join(stderr))  # the captured text is complete once the block has ended
 
 
 def _ensure_tracefs(sys_root: Path) -> None:
@@ -362,15 +377,7 @@ class BpfMonitor:
     def _try_load(self, bcc: ModuleType, function: str) -> tuple[Any, str | None]:
         """Loads raw-tracepoint function `function` (bcc keeps it: attaching it later loads nothing more); the
         function, or None and why the kernel refused it."""
-        failure: Exception | None = None
-        with _captured_stderr() as stderr:
-            try:
-                loaded = self._bpf.load_func(function.encode(), bcc.BPF.RAW_TRACEPOINT)
-            except Exception as refused:  # bcc raises bare Exception for load errors
-                failure = refused
-        if failure is not None:  # the captured text is complete only once the block has ended
-            return None, _error_detail(failure, "".join(stderr))
-        return loaded, None
+        return _call_bcc(lambda: self._bpf.load_func(function.encode(), bcc.BPF.RAW_TRACEPOINT))
 
     def _unused_memory_program(self, spec: ProgramSpec) -> ProgramStatus:
         if self._rss_source is RssSource.SAMPLED:
@@ -396,13 +403,11 @@ class BpfMonitor:
             return None, {unit: f"source unreadable: {unreadable}" for unit in units}
 
         def build(names: list[str]) -> Any:
-            failure: Exception | None = None
-            with _captured_stderr() as stderr:
-                try:
-                    return bpf_class(text=compose_source(sources, names).encode(), cflags=self._cflags())
-                except Exception as refused:  # bcc raises bare Exception for compile errors
-                    failure = refused
-            raise _CompileError(_error_detail(failure, "".join(stderr)))
+            built, refusal = _call_bcc(lambda: bpf_class(text=compose_source(sources, names).encode(),
+                                                         cflags=self._cflags()))
+            if refusal is not None:
+                raise _CompileError(refusal)
+            return built
 
         try:
             return build(units), {}
@@ -423,25 +428,23 @@ class BpfMonitor:
             return None, {unit: f"compile failed: {rebuilt}" for unit in units}
 
     def _load(self, bcc: ModuleType, spec: ProgramSpec) -> ProgramStatus:
-        failure: Exception | None = None
-        with _captured_stderr() as stderr:
-            try:
-                if isinstance(spec.attach, SleepableLsm):
-                    detail = self._load_sleepable_lsm(bcc, spec, spec.attach)
-                elif isinstance(spec.attach, RawTracepoint):
-                    function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.RAW_TRACEPOINT)
-                    for tracepoint in spec.attach.tracepoints:
-                        self._bpf.attach_raw_tracepoint(tp=tracepoint.event.encode(), fn_name=function.name)
-                    self._program_fds[spec.name] = function.fd
-                    detail = f"attached to {spec.attach} ({self._rss_detail})"
-                else:
-                    detail = self._attach_tracepoint(bcc, spec, spec.attach)
-                    if spec.without_layout and self._layout is None:
-                        detail += f" ({spec.without_layout} unknown: {self._layout_missing})"
-            except Exception as refused:  # bcc raises bare Exception for load and attach errors
-                failure = refused
-        if failure is not None:  # the captured text is complete only once the block has ended
-            return ProgramStatus(spec.name, False, _error_detail(failure, "".join(stderr)))
+        def attach() -> str:
+            if isinstance(spec.attach, SleepableLsm):
+                return self._load_sleepable_lsm(bcc, spec, spec.attach)
+            if isinstance(spec.attach, RawTracepoint):
+                function = self._bpf.load_func(spec.attach.function.encode(), bcc.BPF.RAW_TRACEPOINT)
+                for tracepoint in spec.attach.tracepoints:
+                    self._bpf.attach_raw_tracepoint(tp=tracepoint.event.encode(), fn_name=function.name)
+                self._program_fds[spec.name] = function.fd
+                return f"attached to {spec.attach} ({self._rss_detail})"
+            detail = self._attach_tracepoint(bcc, spec, spec.attach)
+            if spec.without_layout and self._layout is None:
+                detail += f" ({spec.without_layout} unknown: {self._layout_missing})"
+            return detail
+
+        detail, refusal = _call_bcc(attach)
+        if refusal is not None:
+            return ProgramStatus(spec.name, False, refusal)
         return ProgramStatus(spec.name, True, detail)
 
     def _attach_tracepoint(self, bcc: ModuleType, spec: ProgramSpec, tracepoint: Tracepoint) -> str:
