@@ -154,6 +154,11 @@ class RoundCost:
     runs: int
     lost: int
 
+    @classmethod
+    def total(cls, costs: Sequence[RoundCost]) -> RoundCost:
+        return cls(sum(cost.run_time_ns for cost in costs), sum(cost.runs for cost in costs),
+                   sum(cost.lost for cost in costs))
+
 
 def measure_costs(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> dict[str, RoundCost]:
     """Each program's run time, runs and lost events over `count` load processes, run-time statistics on."""
@@ -167,27 +172,31 @@ def measure_costs(cgroup: ScratchCgroup, count: int, monitor: BpfMonitor) -> dic
 
 @dataclass(frozen=True)
 class ProgramCost:
-    """One program over all cost rounds: runs, mean ns per run (all runs), and the spread of the rounds' means."""
+    """One program over all cost rounds: its total, and the spread of the rounds' means."""
 
-    runs: int
-    lost: int
-    mean_ns: float | None
+    total: RoundCost
     round_means_ns: list[float]
 
     @classmethod
     def of(cls, rounds: Sequence[RoundCost]) -> ProgramCost:
-        runs = sum(cost.runs for cost in rounds)
-        return cls(runs, sum(cost.lost for cost in rounds),
-                   sum(cost.run_time_ns for cost in rounds) / runs if runs else None,
-                   [cost.run_time_ns / cost.runs for cost in rounds if cost.runs])
+        return cls(RoundCost.total(rounds), [cost.run_time_ns / cost.runs for cost in rounds if cost.runs])
+
+    @property
+    def mean_ns(self) -> float | None:
+        """Mean ns per run over all runs."""
+        return self.total.run_time_ns / self.total.runs if self.total.runs else None
 
     def as_json(self) -> dict[str, object]:
         means = self.round_means_ns
-        return {"runs": self.runs, "mean_ns": round(self.mean_ns, 1) if self.mean_ns else None,
+        return {"runs": self.total.runs, "mean_ns": round(self.mean_ns, 1) if self.mean_ns else None,
                 "round_median_ns": round(statistics.median(means), 1) if means else None,
                 "round_min_ns": round(min(means), 1) if means else None,
                 "round_max_ns": round(max(means), 1) if means else None,
-                "round_means_ns": [round(mean, 1) for mean in means], "lost": self.lost}
+                "round_means_ns": [round(mean, 1) for mean in means], "lost": self.total.lost}
+
+
+def _ns(value: object) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def cost_round_after(pair: int, pairs: int, cost_rounds: int) -> bool:
@@ -275,11 +284,8 @@ def main() -> None:
     off_cpu_us = sum(r.cpu_s for r in off) / processes * 1e6
     on_cpu_us = sum(r.cpu_s for r in on) / processes * 1e6
     # All programs together: one reading of "mean per program run" (each program's is the stricter one).
-    all_programs = ProgramCost.of([RoundCost(sum(cost.run_time_ns for cost in round_costs.values()),
-                                             sum(cost.runs for cost in round_costs.values()),
-                                             sum(cost.lost for cost in round_costs.values()))
-                                   for round_costs in rounds])
-    program_us = all_programs.mean_ns * all_programs.runs / cost_processes / 1e3 if all_programs.mean_ns else 0.0
+    all_programs = ProgramCost.of([RoundCost.total(list(round_costs.values())) for round_costs in rounds])
+    program_us = all_programs.total.run_time_ns / cost_processes / 1e3 if rounds else 0.0
     attributable_pct = program_us / off_cpu_us * 100
     reader_us = (sum(r.own_cpu_s for r in on) - sum(r.own_cpu_s for r in off)) / processes * 1e6
     off_wall, on_wall = statistics.median(r.wall_s for r in off), statistics.median(r.wall_s for r in on)
@@ -307,14 +313,10 @@ def main() -> None:
           f"{'min..max':>14}{'lost':>6}")
     for name, cost in [*costs.items(), ("all programs", all_programs)] if rounds else []:
         figures = cost.as_json()
-
-        def ns(key: str, figures: dict[str, object] = figures) -> str:
-            return "-" if figures[key] is None else f"{figures[key]:.0f}"
-
-        spread = "-" if figures["round_min_ns"] is None else f"{ns('round_min_ns')}..{ns('round_max_ns')}"
-        mean, median = ns("mean_ns"), ns("round_median_ns")
-        print(f"{name:<22}{cost.runs:>10}{cost.runs / cost_processes:>14.1f}{mean:>14}{median:>16}{spread:>14}"
-              f"{cost.lost:>6}")
+        spread = "-" if figures["round_min_ns"] is None else \
+            f"{_ns(figures['round_min_ns'])}..{_ns(figures['round_max_ns'])}"
+        print(f"{name:<22}{cost.total.runs:>10}{cost.total.runs / cost_processes:>14.1f}"
+              f"{_ns(figures['mean_ns']):>14}{_ns(figures['round_median_ns']):>16}{spread:>14}{cost.total.lost:>6}")
     print(f"not loaded here: {', '.join(not_loaded) or 'none'}")
     print(json.dumps({"bench": "bpf_overhead", "processes_per_round": count, "pairs": pairs,
                       "cost_rounds": len(rounds), "processes_per_cost_round": count * COST_ROUND_FACTOR,
