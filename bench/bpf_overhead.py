@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer pairs of rounds")
     parser.add_argument("--pairs", type=int, help="pairs of rounds (default 40, --quick 10)")
     parser.add_argument("--cost-rounds", type=int, help="rounds measuring each program's cost, spread over the "
-                        "pairs (default 10, --quick 3; at most --pairs)")
+                        "pairs (default 10, --quick 3, or --pairs if fewer; at most --pairs)")
     parser.add_argument("--processes", type=int, default=300, help="processes per round (default 300)")
     parser.add_argument("--all-events", action="store_true",
                         help="send fork and exit events to user space too (the daemon does not ask for them)")
@@ -234,7 +234,7 @@ def main() -> None:
     dedup_execs = MONITOR_DEDUP_EXECS and not args.every_exec
     count = args.processes
     pairs = args.pairs or (10 if args.quick else 40)
-    cost_rounds = args.cost_rounds or (3 if args.quick else 10)
+    cost_rounds = args.cost_rounds or min(3 if args.quick else 10, pairs)
     if pairs < 2 or count < 1:
         parser.error("--pairs must be at least 2 and --processes at least 1")
     if not 1 <= cost_rounds <= pairs:
