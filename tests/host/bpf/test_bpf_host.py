@@ -266,6 +266,13 @@ def waiting_for_input(pid: int) -> bool:
     return Path(f"/proc/{pid}/wchan").read_text() in ("pipe_read", "anon_pipe_read")  # 6.18 calls it the latter
 
 
+def await_input(holders: list[subprocess.Popen]) -> None:
+    """Until every HOLD process has allocated and sleeps in its read of stdin, for at most 20 s."""
+    deadline = time.monotonic() + 20
+    while not all(waiting_for_input(holder.pid) for holder in holders) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def hold_until_counted(bpf_monitor: BpfMonitor, path: Path, cgroup_id: int, size: int) -> subprocess.Popen:
     """A HOLD process of `size` bytes in the watched cgroup `path`, once the cgroup's RSS counts them (asserted,
     within 20 s)."""
@@ -351,9 +358,7 @@ def test_sampled_rss_is_the_exact_sum_the_kernel_traces(cgroups):
         traced.watch(cgroup_id)
         holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(size)], stdin=subprocess.PIPE,
                                     preexec_fn=join_cgroup(path)) for size in (24 << 20, (40 << 20) + 12288)]
-        deadline = time.monotonic() + 20
-        while not all(waiting_for_input(holder.pid) for holder in holders) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        await_input(holders)
         time.sleep(0.2)  # each was sampled as it went to sleep; kmem:rss_stat saw its last change before
         assert sampled.cgroup_rss(cgroup_id).rss_bytes == traced.cgroup_rss(cgroup_id).rss_bytes >= 64 << 20
         for holder in holders:
@@ -402,9 +407,7 @@ def test_processes_named_at_watch_are_sampled_and_others_from_their_fork_or_exec
             holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE,
                                       preexec_fn=join_cgroup(path))
             holders.append(holder)
-            deadline = time.monotonic() + 20
-            while not waiting_for_input(holder.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            await_input([holder])
             bpf_monitor.watch(cgroup_id, processes=[holder.pid] if named else [])
             ids.append(cgroup_id)
             holder.stdin.write(b"x")  # it wakes, reads, and sleeps again: a context switch
@@ -427,9 +430,7 @@ def test_a_process_moved_into_a_watched_cgroup_is_sampled_once_tracked(monitor, 
     bpf_monitor.watch(cgroup_id)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(32 << 20)], stdin=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while not waiting_for_input(holder.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        await_input([holder])
         (path / "cgroup.procs").write_text(str(holder.pid))
         holder.stdin.write(b"x")  # a context switch in the cgroup: not counted, not tracked yet
         holder.stdin.flush()
